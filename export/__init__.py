@@ -1,0 +1,1 @@
+"""ONNX export, parity checks and quantisation (torch; run once, never on the device)."""

@@ -1,0 +1,250 @@
+"""Audio loading and the emotion front-end (numpy only; shared by training and the device).
+
+`utterance_features(wav)` turns one utterance of 16 kHz mono audio into the fixed-size vector
+the model's audio branch consumes: statistics of log-mel energies, MFCCs and their deltas,
+frame energy, a spectral-shape summary and a voicing/pitch estimate. Everything is computed
+with numpy so the device needs no torch and no librosa.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from mlsan_edge.config import HOP_LENGTH, N_FFT, N_MELS, N_MFCC, SAMPLE_RATE, WIN_LENGTH
+
+log = logging.getLogger(__name__)
+
+
+class AudioError(ValueError):
+    """An audio file or buffer that cannot be used, with what to do about it."""
+
+
+def resample(wav: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray:
+    """Band-limited resampling of a mono float signal (windowed-sinc via scipy when present,
+    else linear interpolation). Returns float32."""
+    if sr_in == sr_out:
+        return np.asarray(wav, np.float32)
+    try:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        g = gcd(int(sr_in), int(sr_out))
+        return resample_poly(wav, sr_out // g, sr_in // g).astype(np.float32)
+    except ImportError:
+        n_out = int(round(len(wav) * sr_out / sr_in))
+        t = np.linspace(0, len(wav) - 1, n_out)
+        return np.interp(t, np.arange(len(wav)), wav).astype(np.float32)
+
+
+def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Read an audio file as mono float32 in [-1, 1] at `sr` Hz.
+
+    WAV/FLAC/OGG go through soundfile; anything else (mp4, flv, mp3...) through PyAV.
+    Raises AudioError naming the file when it is missing, unreadable or empty.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"audio file not found: {path}")
+    try:
+        import soundfile as sf
+
+        data, sr_in = sf.read(str(path), dtype="float32", always_2d=True)
+        wav = data.mean(axis=1)
+    except Exception as e:  # soundfile cannot read containers such as mp4: fall back to PyAV
+        try:
+            wav, sr_in = _decode_with_av(path)
+        except Exception as e2:
+            raise AudioError(
+                f"cannot read audio from {path}: {e2} (soundfile said: {e}). "
+                "Expected a WAV/FLAC file or a media file with an audio track."
+            ) from e2
+    if wav.size == 0:
+        raise AudioError(f"audio file {path} holds no samples")
+    if sr_in != sr:
+        log.info("resampling %s from %d Hz to %d Hz", path.name, sr_in, sr)
+        wav = resample(wav, sr_in, sr)
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def _decode_with_av(path: Path) -> tuple[np.ndarray, int]:
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise AudioError(f"{path} has no audio track")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        chunks = []
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), SAMPLE_RATE
+
+
+# --- the emotion front-end ------------------------------------------------------------------
+ACTIVE_DB = 40.0  # frames more than 40 dB below the loudest frame are treated as silence
+F0_MIN, F0_MAX = 60.0, 500.0  # Hz, search range of the pitch tracker
+N_STAT_EXTRA = 5 + 8 + 6  # energy, spectral shape, pitch summaries (see utterance_features)
+AUDIO_DIM = 2 * N_MFCC + N_MFCC + 2 * N_MELS + N_STAT_EXTRA  # 207
+
+
+@lru_cache(maxsize=4)
+def mel_filterbank(n_mels: int = N_MELS, n_fft: int = N_FFT, sr: int = SAMPLE_RATE,
+                   fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+    """Slaney-style triangular mel filters, (n_mels, n_fft // 2 + 1) float32, area-normalised."""
+    fmax = fmax or sr / 2
+
+    def hz_to_mel(f):  # Slaney: linear below 1 kHz, logarithmic above
+        f = np.asarray(f, np.float64)
+        m = f / (200.0 / 3)
+        log_part = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+        return np.where(f >= 1000.0, log_part, m)
+
+    def mel_to_hz(m):
+        m = np.asarray(m, np.float64)
+        return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * 200.0 / 3)
+
+    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    hz = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(hz)
+    ramps = hz[:, None] - freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (hz[2:n_mels + 2] - hz[:n_mels]))[:, None]
+    return weights.astype(np.float32)
+
+
+def power_spectrogram(wav: np.ndarray, n_fft: int = N_FFT, hop: int = HOP_LENGTH,
+                      win: int = WIN_LENGTH) -> np.ndarray:
+    """|STFT|^2 of a centred, reflect-padded signal with a Hann window: (frames, n_fft//2+1)."""
+    wav = np.asarray(wav, np.float32)
+    pad = n_fft // 2
+    if len(wav) <= pad:
+        wav = np.pad(wav, (0, pad + 1 - len(wav)))
+    x = np.pad(wav, pad, mode="reflect")
+    n_frames = 1 + (len(x) - n_fft) // hop
+    window = np.zeros(n_fft, np.float32)
+    offset = (n_fft - win) // 2
+    window[offset:offset + win] = np.hanning(win + 1)[:-1]
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(n_frames)[:, None]
+    frames = x[idx] * window
+    return (np.abs(np.fft.rfft(frames, axis=1)) ** 2).astype(np.float32)
+
+
+def log_mel(wav: np.ndarray) -> np.ndarray:
+    """Log-mel energies (frames, N_MELS) float32 of 16 kHz audio, 25 ms window, 10 ms hop."""
+    mel = power_spectrogram(wav) @ mel_filterbank().T
+    return np.log(mel + 1e-6).astype(np.float32)
+
+
+def _dct_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Orthonormal DCT-II basis (n_out, n_in)."""
+    k = np.arange(n_out)[:, None]
+    n = np.arange(n_in)[None, :]
+    basis = np.cos(np.pi / n_in * (n + 0.5) * k) * np.sqrt(2.0 / n_in)
+    basis[0] /= np.sqrt(2.0)
+    return basis.astype(np.float32)
+
+
+def _deltas(x: np.ndarray, width: int = 2) -> np.ndarray:
+    """Regression deltas along time of (frames, dims)."""
+    if len(x) < 2:
+        return np.zeros_like(x)
+    padded = np.pad(x, ((width, width), (0, 0)), mode="edge")
+    num = sum(k * (padded[width + k:len(x) + width + k] - padded[width - k:len(x) + width - k])
+              for k in range(1, width + 1))
+    return num / (2 * sum(k * k for k in range(1, width + 1)))
+
+
+def pitch_track(wav: np.ndarray, frame_len: int = 640, hop: int = HOP_LENGTH * 2) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised-autocorrelation pitch per 40 ms frame (20 ms hop).
+
+    Returns (f0_hz, voicing) arrays of shape (frames,); f0 is 0 where voicing < 0.5.
+    """
+    wav = np.asarray(wav, np.float32)
+    if len(wav) < frame_len:
+        wav = np.pad(wav, (0, frame_len - len(wav)))
+    n = 1 + (len(wav) - frame_len) // hop
+    frames = wav[np.arange(frame_len)[None, :] + hop * np.arange(n)[:, None]]
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    spec = np.fft.rfft(frames, n=2 * frame_len, axis=1)
+    ac = np.fft.irfft(np.abs(spec) ** 2, axis=1)[:, :frame_len]
+    lag_min, lag_max = int(SAMPLE_RATE / F0_MAX), int(SAMPLE_RATE / F0_MIN)
+    # normalise by the energy of the overlapping part so long lags are not penalised
+    energy = np.cumsum(frames[:, ::-1] ** 2, axis=1)[:, ::-1]
+    norm = ac[:, lag_min:lag_max] / (np.sqrt(energy[:, :1] * energy[:, lag_min:lag_max]) + 1e-9)
+    best = np.argmax(norm, axis=1)
+    voicing = norm[np.arange(n), best]
+    f0 = SAMPLE_RATE / (best + lag_min)
+    return np.where(voicing >= 0.5, f0, 0.0).astype(np.float32), voicing.astype(np.float32)
+
+
+def utterance_features(wav: np.ndarray) -> np.ndarray:
+    """Fixed-size acoustic summary of one utterance: (AUDIO_DIM,) float32.
+
+    Layout: MFCC mean (20), MFCC std (20), delta-MFCC std (20), log-mel mean (64),
+    log-mel std (64), energy [mean, std, max, p90-p10, slope] (5), spectral
+    [centroid mean/std, rolloff mean/std, flatness mean/std, zcr mean/std] (8),
+    pitch [voiced fraction, mean log-f0, std, p10, p90, slope] (6).
+    Statistics are over active frames (within ACTIVE_DB of the loudest), so leading and
+    trailing silence and the VAD's padding do not dilute them.
+
+    Args:
+        wav: mono float32 audio at SAMPLE_RATE Hz, any length >= 1 sample.
+    """
+    wav = np.asarray(wav, np.float32).reshape(-1)
+    if wav.size == 0:
+        raise AudioError("empty audio: an utterance needs at least one sample")
+    if not np.all(np.isfinite(wav)):
+        raise AudioError("audio holds NaN or inf samples")
+    power = power_spectrogram(wav)
+    lm = np.log(power @ mel_filterbank().T + 1e-6)
+    frame_db = 10 * np.log10(power.sum(axis=1) + 1e-10)
+    active = frame_db >= frame_db.max() - ACTIVE_DB
+    if active.sum() < 3:
+        active[:] = True
+    lm_a = lm[active]
+    mfcc = lm_a @ _dct_matrix(N_MELS, N_MFCC).T
+    d_mfcc = _deltas(mfcc)
+
+    e = frame_db[active]
+    t = np.linspace(-1, 1, len(e))
+    energy = [e.mean(), e.std(), e.max(), np.percentile(e, 90) - np.percentile(e, 10),
+              float(np.dot(t, e - e.mean()) / max(np.dot(t, t), 1e-9))]
+
+    p = power[active]
+    freqs = np.linspace(0, SAMPLE_RATE / 2, p.shape[1])
+    total = p.sum(axis=1) + 1e-10
+    centroid = (p @ freqs) / total / 1000.0  # kHz
+    rolloff = freqs[np.argmax(np.cumsum(p, axis=1) >= 0.85 * total[:, None], axis=1)] / 1000.0
+    flatness = np.exp(np.mean(np.log(p + 1e-10), axis=1)) / (p.mean(axis=1) + 1e-10)
+    signs = np.signbit(wav).astype(np.int8)
+    zc = np.abs(np.diff(signs)).astype(np.float32)
+    n_fr = len(frame_db)
+    zcr_frames = np.add.reduceat(zc, np.minimum(np.arange(n_fr) * HOP_LENGTH, max(len(zc) - 1, 0)))[:n_fr] / HOP_LENGTH
+    zcr = zcr_frames[active[:len(zcr_frames)]]
+    spectral = [centroid.mean(), centroid.std(), rolloff.mean(), rolloff.std(),
+                flatness.mean(), flatness.std(), zcr.mean(), zcr.std()]
+
+    f0, _ = pitch_track(wav)
+    voiced = f0 > 0
+    if voiced.sum() >= 2:
+        lf0 = 12 * np.log2(f0[voiced] / 100.0)  # semitones re 100 Hz
+        tv = np.linspace(-1, 1, len(lf0))
+        pitch = [voiced.mean(), lf0.mean(), lf0.std(), np.percentile(lf0, 10), np.percentile(lf0, 90),
+                 float(np.dot(tv, lf0 - lf0.mean()) / max(np.dot(tv, tv), 1e-9))]
+    else:
+        pitch = [voiced.mean(), 0.0, 0.0, 0.0, 0.0, 0.0]
+
+    out = np.concatenate([mfcc.mean(0), mfcc.std(0), d_mfcc.std(0), lm_a.mean(0), lm_a.std(0),
+                          energy, spectral, pitch]).astype(np.float32)
+    assert out.shape == (AUDIO_DIM,), out.shape
+    return out
