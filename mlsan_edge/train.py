@@ -1,0 +1,216 @@
+"""Training ML-SAN on real corpora (torch). Entry point: `mlsan-edge train`.
+
+One model learns from RAVDESS (audio + action units + fixed neutral text, 20 actors) and MELD
+(text, speakers, dialogue context) at once, so it learns to use whatever modalities an utterance
+has. Every batch replays streams through the online speaker profile exactly as the device does
+(`data.streams`): RAVDESS actors in a fresh random order each epoch, MELD in dialogue order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mlsan_edge.config import EMOTIONS, MODALITIES, ModelConfig
+from mlsan_edge.data.streams import GlobalStats, pack, profile_inputs, stream_order
+from mlsan_edge.data.table import UtteranceTable
+from mlsan_edge.features.audio import AUDIO_DIM
+from mlsan_edge.model.losses import class_weights, speaker_consistency_loss
+from mlsan_edge.model.mlsan import MLSAN
+
+log = logging.getLogger(__name__)
+
+CONFIGS = {
+    "teacher": ModelConfig(name="teacher", audio_dim=AUDIO_DIM, hidden=256, speaker_dim=128,
+                           context_layers=2, dropout=0.3),
+    "student": ModelConfig(name="student", audio_dim=AUDIO_DIM, hidden=64, speaker_dim=32,
+                           context_layers=1, context_heads=2, dropout=0.2),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 25
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    batch_streams: int = 32  # streams (dialogues / actor chunks) per step
+    ravdess_chunk: int = 12  # actor streams are cut into chunks of this many clips
+    ravdess_repeats: int = 3  # shuffled replays of each actor per epoch (RAVDESS is small)
+    meld_weight_power: float = 0.5  # MELD class weights ∝ freq^-power (see README: rare classes)
+    stage3_weight: float = 0.1
+    drop_text: float = 0.5  # modality dropout on RAVDESS utterances (its text is uninformative)
+    drop_audio: float = 0.15
+    drop_visual: float = 0.3
+    seed: int = 0
+
+
+def model_config(name: str, **overrides) -> ModelConfig:
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model config {name!r}; valid: {', '.join(CONFIGS)}")
+    return replace(CONFIGS[name], **overrides)
+
+
+def to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in batch.items():
+        out[k] = torch.from_numpy(v) if v.dtype != np.float64 else torch.from_numpy(v.astype(np.float32))
+    return out
+
+
+def concat_tables(tables: list[UtteranceTable]) -> UtteranceTable:
+    """Stack tables (group ids are offset so streams stay apart)."""
+    from dataclasses import fields
+
+    parts, offset = {f.name: [] for f in fields(UtteranceTable) if f.name != "corpus"}, 0
+    for t in tables:
+        for k in parts:
+            v = getattr(t, k)
+            parts[k].append(v + offset if k == "group" else v)
+        offset += int(t.group.max()) + 1
+    return UtteranceTable(corpus="+".join(t.corpus for t in tables), **{k: np.concatenate(v) for k, v in parts.items()})
+
+
+def _modality_dropout(batch, is_rav: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> None:
+    """Drop observed modalities of RAVDESS utterances at random, keeping at least one."""
+    B, T = batch["valid"].shape
+    for m, p in (("text", cfg.drop_text), ("audio", cfg.drop_audio), ("visual", cfg.drop_visual)):
+        drop = (rng.random((B, T)) < p) & is_rav[:, None]
+        keep_any = sum(batch[f"mask_{o}"] & ~(drop if o == m else False) for o in MODALITIES) > 0
+        drop &= keep_any
+        batch[f"mask_{m}"] = batch[f"mask_{m}"] & ~drop
+
+
+def epoch_batches(train: UtteranceTable, stats: GlobalStats, cfg: TrainConfig, epoch: int, rng) -> list[dict]:
+    is_rav_group = {g for g in np.unique(train.group) if str(train.speaker[train.group == g][0]).startswith("ravdess")}
+    packs = []
+    for r in range(cfg.ravdess_repeats if is_rav_group else 1):
+        order = stream_order(train, shuffle_groups=is_rav_group, seed=cfg.seed * 1000 + epoch * 10 + r)
+        prof = profile_inputs(train, order, stats)
+        rav_rows = np.isin(train.group[order], list(is_rav_group))
+        if r == 0 and (~rav_rows).any():
+            packs.append(pack(train, order[~rav_rows], prof))
+        if rav_rows.any():
+            packs.append(pack(train, order[rav_rows], prof, max_len=cfg.ravdess_chunk))
+    streams = [(p, b) for p in packs for b in range(p["valid"].shape[0])]
+    perm = rng.permutation(len(streams))
+    batches = []
+    for i in range(0, len(perm), cfg.batch_streams):
+        sel = [streams[j] for j in perm[i:i + cfg.batch_streams]]
+        T = max(int(p["valid"][b].sum()) for p, b in sel)
+        batch = {k: np.stack([_pad(p[k][b], T, -1 if k in ("label", "index") else 0) for p, b in sel]) for k in sel[0][0]}
+        is_rav = np.array([str(train.speaker[p["index"][b, 0]]).startswith("ravdess") for p, b in sel])
+        _modality_dropout(batch, is_rav, cfg, rng)
+        batches.append(batch)
+    return batches
+
+
+def _pad(x: np.ndarray, T: int, fill) -> np.ndarray:
+    if len(x) >= T:
+        return x[:T]
+    pad = np.full((T - len(x), *x.shape[1:]), fill, x.dtype)
+    return np.concatenate([x, pad])
+
+
+def fit(train: UtteranceTable, model_cfg: ModelConfig, cfg: TrainConfig = TrainConfig(),
+        progress: bool = True) -> tuple[MLSAN, GlobalStats, dict]:
+    """Train one network on `train` (any mix of corpora). Returns (model, global stats, history)."""
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    stats = GlobalStats.fit(train)
+    model = MLSAN(model_cfg)
+    model.set_normalisation({m: (torch.tensor(stats.mean[m], dtype=torch.float32),
+                                 torch.tensor(np.sqrt(stats.var[m]), dtype=torch.float32)) for m in MODALITIES})
+    is_meld = np.array([not str(s).startswith("ravdess") for s in train.speaker])
+    w_meld = class_weights(torch.from_numpy(train.label[is_meld]), model_cfg.n_classes, cfg.meld_weight_power)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_steps = cfg.epochs * len(epoch_batches(train, stats, replace(cfg, ravdess_repeats=cfg.ravdess_repeats), 0, np.random.default_rng(0)))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=n_steps, pct_start=0.1)
+    speaker_ids = {s: i for i, s in enumerate(np.unique(train.speaker))}
+    history = {"loss": []}
+    t0 = time.time()
+    bar = tqdm(range(cfg.epochs), desc=f"train {model_cfg.name}", disable=not progress)
+    step = 0
+    for epoch in bar:
+        model.train()
+        losses = []
+        for batch in epoch_batches(train, stats, cfg, epoch, rng):
+            if step >= n_steps:
+                break
+            tb = to_torch({k: v for k, v in batch.items() if k not in ("index",)})
+            out = model(tb)
+            valid = tb["valid"]
+            labels = tb["label"][valid]
+            logits = out["logits"][valid]
+            rows = batch["index"][batch["valid"]]
+            meld_rows = torch.from_numpy(is_meld[rows])
+            ce = F.cross_entropy(logits, labels, reduction="none")
+            weight = torch.where(meld_rows, w_meld[labels], torch.ones_like(ce))
+            loss = (ce * weight).sum() / weight.sum()
+            if model_cfg.use_stage3 and cfg.stage3_weight > 0:
+                spk = torch.tensor([speaker_ids[s] for s in train.speaker[rows]])
+                loss = loss + cfg.stage3_weight * speaker_consistency_loss(out["latent"][valid], labels, spk)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(loss.item())
+        history["loss"].append(float(np.mean(losses)))
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+    history["train_seconds"] = round(time.time() - t0, 1)
+    model.eval()
+    return model, stats, history
+
+
+@torch.no_grad()
+def predict(model: MLSAN, table: UtteranceTable, order: np.ndarray, stats: GlobalStats) -> dict[str, np.ndarray]:
+    """Probabilities (N, C) and trust weights (N, 3) for every row, replaying `order` causally."""
+    model.eval()
+    prof = profile_inputs(table, order, stats)
+    batch = pack(table, order, prof)
+    probs = np.zeros((len(table), model.cfg.n_classes), np.float32)
+    trust = np.zeros((len(table), 3), np.float32)
+    for i in range(0, batch["valid"].shape[0], 64):
+        sub = {k: v[i:i + 64] for k, v in batch.items()}
+        out = model(to_torch({k: v for k, v in sub.items() if k != "index"}))
+        v = sub["valid"]
+        probs[sub["index"][v]] = torch.softmax(out["logits"], -1).numpy()[v]
+        trust[sub["index"][v]] = out["trust"].numpy()[v]
+    return {"probs": probs, "trust": trust}
+
+
+# --- checkpoints: safetensors + JSON, never pickle ----------------------------------------------
+def save_checkpoint(out_dir: str | Path, model: MLSAN, stats: GlobalStats, meta: dict) -> Path:
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    doc = {"model": json.loads(model.cfg.to_json()), "global_stats": stats.to_dict(),
+           "classes": list(EMOTIONS), **meta}
+    (out / "model.json").write_text(json.dumps(doc, indent=2))
+    return out
+
+
+def load_checkpoint(path: str | Path) -> tuple[MLSAN, GlobalStats, dict]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "model.json").exists() or not (path / "model.safetensors").exists():
+        raise FileNotFoundError(f"{path} is not an ML-SAN checkpoint: expected model.json and model.safetensors "
+                                "(made by `mlsan-edge train`)")
+    doc = json.loads((path / "model.json").read_text())
+    model = MLSAN(ModelConfig.from_dict(doc["model"]))
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    model.eval()
+    return model, GlobalStats.from_dict(doc["global_stats"]), doc
