@@ -1,0 +1,277 @@
+"""The SQLite speaker cache: matching, management, privacy, robustness, threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlsan_edge.profile import SpeakerProfile
+from mlsan_edge.runtime.speakers import DEFAULT_THRESHOLD, SpeakerCache
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "speech_ravdess_a01.flac"
+DIMS = {"audio": 8, "visual": 4}
+
+
+def _synthetic_voices(n_speakers: int, n_each: int, seed: int = 0) -> dict[int, list[np.ndarray]]:
+    """Non-negative unit vectors (as GE2E's are): a centre per speaker plus small noise."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s in range(n_speakers):
+        centre = np.abs(rng.standard_normal(256))
+        vs = [np.abs(centre + 0.15 * rng.standard_normal(256) * centre.mean()) for _ in range(n_each)]
+        out[s] = [(v / np.linalg.norm(v)).astype(np.float32) for v in vs]
+    return out
+
+
+def _speech(wav: np.ndarray) -> np.ndarray:
+    """The VAD-cut speech of a clip, as the runtime embeds it (silence makes voices look alike)."""
+    from mlsan_edge.runtime.vad import segment
+
+    utts = segment(wav)
+    return np.concatenate([u.audio for u in utts]) if utts else wav
+
+
+@pytest.fixture(scope="module")
+def voices() -> dict[int, list[np.ndarray]]:
+    """Real voice embeddings (VoiceEncoder on RAVDESS actors 1, 6, 7) when available, else synthetic."""
+    shared = Path(os.environ.get("MLSAN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    try:
+        from mlsan_edge.features.voice import VoiceEncoder
+        from mlsan_edge.features.audio import load_audio
+
+        enc = VoiceEncoder()
+        if not enc.onnx_path.exists():
+            raise FileNotFoundError
+        out = {}
+        for k, a in enumerate((1, 6, 7)):  # the four neutral clips of three distinct voices
+            files = [f for f in sorted((shared / "ravdess" / "audio16k" / f"Actor_{a:02d}").glob("*.flac"))
+                     if f.name.split("-")[2] == "01"]
+            out[k] = list(enc.embed_batch([_speech(load_audio(f)) for f in files]))
+        if all(len(v) == 4 for v in out.values()):
+            return out
+    except (ImportError, FileNotFoundError):
+        pass
+    return _synthetic_voices(3, 4)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    c = SpeakerCache(tmp_path / "speakers.db", threshold=DEFAULT_THRESHOLD, dims=DIMS)
+    yield c
+    c.close()
+
+
+def test_identify_new_then_known(cache, voices):
+    first = cache.identify(voices[0][0])
+    assert first.is_new and first.speaker_id is not None and first.similarity == -1.0
+    again = cache.identify(voices[0][1])
+    assert not again.is_new and again.speaker_id == first.speaker_id and again.similarity >= DEFAULT_THRESHOLD
+    other = cache.identify(voices[1][0])
+    assert other.is_new and other.speaker_id != first.speaker_id and other.similarity < DEFAULT_THRESHOLD
+    assert cache.get_profile(first.speaker_id).voice_count == 2
+    peek = cache.identify(voices[2][0], update=False)
+    assert peek.is_new and peek.speaker_id is None and len(cache) == 2
+    with pytest.raises(ValueError, match="256 values"):
+        cache.identify(np.ones(10))
+
+
+def test_grey_zone_attributes_without_moving_the_centroid(tmp_path, voices):
+    c = SpeakerCache(tmp_path / "c.db", threshold=0.999, new_threshold=0.0)
+    sid = c.identify(voices[0][0]).speaker_id
+    before = c.get_profile(sid).voice_centroid()
+    m = c.identify(voices[0][1])
+    assert m.speaker_id == sid and not m.is_new
+    np.testing.assert_array_equal(c.get_profile(sid).voice_centroid(), before)
+    assert c.list()[0].utterances == 2
+    c.close()
+
+
+def test_profile_and_cached_params_versioning(cache, voices):
+    sid = cache.identify(voices[0][0]).speaker_id
+    v = cache.profile_version(sid)
+    cache.put_params(sid, b"\x01film", v)
+    assert cache.get_params(sid) == b"\x01film"
+    new_v = cache.update_profile(sid, {"audio": np.ones(8), "visual": None}, latent=np.ones(3))
+    assert new_v == v + 1 and cache.get_params(sid) is None  # stale once the profile changed
+    prof = cache.get_profile(sid)
+    assert prof.stats["audio"].count == 1 and prof.stats["visual"].count == 0 and prof.latent_count == 1
+    prof.update({"audio": np.zeros(8)})
+    assert cache.get_profile(sid).stats["audio"].count == 1  # a copy: nothing changes until put
+    assert cache.put_profile(sid, prof) == v + 2
+    with pytest.raises(KeyError, match="no speaker"):
+        cache.get_params(999)
+
+
+def test_enroll_rename_merge(cache, voices):
+    alice = cache.enroll("Alice", np.stack(voices[0][:3]))
+    assert cache.identify(voices[0][3]).speaker_id == alice
+    assert cache.enroll("Alice", voices[0][3]) == alice  # enrolling again adds to the same speaker
+    bob = cache.identify(voices[1][0]).speaker_id
+    cache.rename(bob, "Bob")
+    assert {s.name for s in cache.list()} == {"Alice", "Bob"} and cache.resolve("Bob") == bob
+    with pytest.raises(ValueError, match="already used"):
+        cache.rename(bob, "Alice")
+    cache.update_profile(bob, {"audio": np.ones(8)})
+    cache.update_profile(alice, {"audio": np.zeros(8)})
+    kept = cache.merge("Alice", "Bob")
+    assert kept == alice and len(cache) == 1
+    prof = cache.get_profile(alice)
+    assert prof.voice_count == 6 and prof.stats["audio"].count == 2
+    np.testing.assert_allclose(prof.stats["audio"].mean, 0.5)
+    info = cache.list()[0]
+    assert info.name == "Alice" and info.utterances == 2  # Alice's re-identify + Bob's utterance
+    with pytest.raises(KeyError):
+        cache.resolve("Bob")
+
+
+def _all_text(db: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
+
+
+def test_forget_leaves_no_trace(cache, voices, tmp_path):
+    sid = cache.enroll("Zebediah-Unique", np.stack(voices[0]))
+    keep = cache.enroll("Other", np.stack(voices[1]))
+    cache.put_params(sid, b"SECRET-PARAMS-" * 10, cache.profile_version(sid))
+    cache.forget("Zebediah-Unique")
+    assert [s.id for s in cache.list()] == [keep]
+    cache.close()
+    db = tmp_path / "speakers.db"
+    con = sqlite3.connect(db)
+    tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    for t in tables:
+        cols = [r[1] for r in con.execute(f"PRAGMA table_info({t})")]
+        if "id" in cols:
+            assert con.execute(f"SELECT COUNT(*) FROM {t} WHERE id = ?", (sid,)).fetchone()[0] == 0
+    con.close()
+    raw = _all_text(db)
+    assert b"Zebediah-Unique" not in raw and b"SECRET-PARAMS" not in raw and b"Other" in raw
+
+
+def test_export_import_round_trip(cache, voices, tmp_path):
+    a = cache.enroll("Alice", np.stack(voices[0]))
+    cache.update_profile(a, {"audio": np.arange(8.0)})
+    b = cache.identify(voices[1][0]).speaker_id
+    out = tmp_path / "export.json"
+    cache.export(out)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    doc = json.loads(out.read_text())
+    assert doc["format"] == "mlsan-speaker-cache" and len(doc["speakers"]) == 2
+    fresh = SpeakerCache(tmp_path / "fresh.db", dims=DIMS)
+    ids = fresh.import_(out)
+    assert len(ids) == 2 and {s.name for s in fresh.list()} == {"Alice", None}
+    got = fresh.get_profile(fresh.resolve("Alice"))
+    want = cache.get_profile(a)
+    np.testing.assert_allclose(got.voice_centroid(), want.voice_centroid())
+    np.testing.assert_allclose(got.stats["audio"].mean, want.stats["audio"].mean)
+    assert fresh.identify(voices[0][0]).speaker_id == fresh.resolve("Alice")
+    assert fresh.identify(voices[1][1], update=False).speaker_id not in (None, fresh.resolve("Alice"))
+    fresh.close()
+    with pytest.raises(ValueError, match="export"):
+        out.write_text('{"format": "other"}')
+        cache.import_(out)
+    assert b >= 1
+
+
+def test_bounded_size_evicts_least_recently_seen(tmp_path):
+    vs = _synthetic_voices(5, 1, seed=1)
+    c = SpeakerCache(tmp_path / "c.db", threshold=0.9, max_speakers=3)
+    named = c.enroll("Named", vs[0][0], now=0.0)  # oldest, but enrolled: evicted last
+    ids = [c.identify(vs[i][0], now=float(i)).speaker_id for i in (1, 2)]
+    c.identify(vs[1][0], now=10.0)  # speaker 1 seen again: now the most recent
+    new = c.identify(vs[3][0], now=11.0)
+    assert new.is_new and len(c) == 3
+    left = {s.id for s in c.list()}
+    assert left == {named, ids[0], new.speaker_id}  # unnamed, least recently seen (2) went
+    c.close()
+
+
+def test_corrupt_file_is_moved_aside(tmp_path, voices):
+    db = tmp_path / "c.db"
+    c = SpeakerCache(db)
+    c.identify(voices[0][0])
+    c.close()
+    db.write_bytes(b"this is not a database " * 200)
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        c = SpeakerCache(db)
+    assert len(c) == 0 and c.identify(voices[0][0]).is_new
+    c.close()
+    aside = list(tmp_path.glob("c.db.corrupt-*"))
+    assert len(aside) >= 1 and any(p.read_bytes().startswith(b"this is not") for p in aside)
+
+
+def test_truncated_database_is_detected(tmp_path, voices):
+    db = tmp_path / "c.db"
+    c = SpeakerCache(db)
+    for i in range(3):
+        c.enroll(f"name{i}", np.stack(voices[i]))
+    c.close()
+    data = db.read_bytes()
+    db.write_bytes(data[:100] + b"\xff" * (len(data) - 100))  # header kept, pages destroyed
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        c = SpeakerCache(db)
+    assert any("corrupt" in str(x.message) for x in w) and len(c) == 0
+    c.close()
+
+
+def test_file_mode_is_0600(tmp_path, voices):
+    db = tmp_path / "sub" / "c.db"
+    c = SpeakerCache(db)
+    c.identify(voices[0][0])
+    for p in db.parent.iterdir():  # the database and its -wal / -shm files
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o600, p
+    assert c._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    c.close()
+
+
+def test_persists_across_reopen(tmp_path, voices):
+    db = tmp_path / "c.db"
+    with SpeakerCache(db) as c:
+        sid = c.enroll("Alice", np.stack(voices[0][:2]))
+    with SpeakerCache(db) as c:
+        m = c.identify(voices[0][2])
+        assert m.speaker_id == sid and not m.is_new and c.list()[0].name == "Alice"
+
+
+def test_concurrent_use_from_threads(tmp_path):
+    vs = _synthetic_voices(4, 25, seed=2)
+    c = SpeakerCache(tmp_path / "c.db", threshold=0.8, dims=DIMS)
+    errors, results = [], {}
+
+    def worker(s: int) -> None:
+        try:
+            got = []
+            for k, v in enumerate(vs[s]):
+                sid = c.identify(v).speaker_id
+                got.append(sid)
+                c.update_profile(sid, {"audio": np.full(8, float(s))})
+                if k % 10 == 0:
+                    c.list()
+                    c.get_params(sid)
+            results[s] = got
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in vs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(c) == 4 and all(len(set(r)) == 1 for r in results.values())
+    assert sum(s.utterances for s in c.list()) == 100
+    assert all(c.get_profile(r[0]).stats["audio"].count == 25 for r in results.values())
+    c.close()
+
+
+def test_profile_type_round_trip(cache, voices):
+    sid = cache.identify(voices[0][0]).speaker_id
+    assert isinstance(cache.get_profile(sid), SpeakerProfile)
