@@ -1,0 +1,178 @@
+"""`mlsan-edge`: one console script, one subcommand per job; heavy imports stay inside handlers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("mlsan_edge")
+
+
+def _default_data() -> str:
+    """../shared/data next to a checkout, else the current folder."""
+    here = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return str(here) if here.exists() else "."
+
+
+# --- handlers ------------------------------------------------------------------------------------
+def cmd_train(a: argparse.Namespace) -> int:
+    from mlsan_edge.training_job import run_training
+
+    res = run_training(data=Path(a.data), out=Path(a.out), config=a.config, epochs=a.epochs, seed=a.seed,
+                       actors=_parse_actors(a.actors), use_meld=not a.no_meld, use_ravdess=not a.no_ravdess,
+                       text_encoder=a.text_encoder)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from mlsan_edge.evaluate import evaluate
+
+    res = evaluate(a.bundle, a.dataset, a.data, split=a.split, stream=a.stream, json_out=a.json, seed=a.seed)
+    short = {k: res[k] for k in ("dataset", "split", "stream", "n", "accuracy", "weighted_f1", "macro_f1", "per_class_f1")}
+    print(json.dumps(short, indent=2))
+    if a.json:
+        print(f"wrote {a.json} and {res['confusion_png']}", file=sys.stderr)
+    return 0
+
+
+def cmd_crossval(a: argparse.Namespace) -> int:
+    from mlsan_edge.crossval import ABLATIONS, run_crossval
+
+    variants = a.ablations.split(",") if a.ablations else ["full"]
+    unknown = [v for v in variants if v not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown ablation {unknown}; valid: {', '.join(ABLATIONS)}")
+    res = run_crossval(Path(a.data), variants=variants, folds=a.folds, seeds=[int(s) for s in a.seeds.split(",")],
+                       config=a.config, epochs=a.epochs, json_out=Path(a.json) if a.json else None)
+    print(json.dumps(res["summary"], indent=2))
+    return 0
+
+
+def cmd_finetune_text(a: argparse.Namespace) -> int:
+    from mlsan_edge.data.meld import load_meld
+    from mlsan_edge.model.text_finetune import TextTuneConfig, finetune_text_encoder
+
+    tr = [u for d in load_meld(a.data, "train") for u in d]
+    dv = [u for d in load_meld(a.data, "dev") for u in d]
+    hist = finetune_text_encoder([u.text for u in tr], [u.label for u in tr], a.out,
+                                 dev=([u.text for u in dv], [u.label for u in dv]),
+                                 config=TextTuneConfig(epochs=a.epochs, seed=a.seed))
+    print(json.dumps(hist, indent=2))
+    print(f"next: python -m export.text_encoder --weights {a.out} --no-static", file=sys.stderr)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from mlsan_edge.packaging import write_bundle
+
+    path = write_bundle(Path(a.checkpoint), Path(a.out), metrics_json=[Path(p) for p in a.metrics or []])
+    print(path)
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from mlsan_edge.bundle import load_bundle
+
+    print(load_bundle(a.bundle).to_json())
+    return 0
+
+
+def _parse_actors(s: str | None) -> list[int] | None:
+    if not s:
+        return None
+    out = []
+    for part in s.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+# --- parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlsan-edge", description="Speaker-adaptive multimodal emotion recognition "
+                                "(ML-SAN) for edge devices.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train ML-SAN on RAVDESS + MELD (needs the [train] extra)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--data", default=_default_data(), help="folder holding ravdess/ and meld/ (as ../shared/data)")
+    t.add_argument("--out", required=True, help="checkpoint folder to write (model.safetensors + model.json)")
+    t.add_argument("--config", default="teacher", choices=["teacher", "student"])
+    t.add_argument("--epochs", type=int, default=None, help="override the training length")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--actors", default=None, help="RAVDESS actors to train on, e.g. '1-16' or '1,3,5' (default all)")
+    t.add_argument("--no-meld", action="store_true", help="train on RAVDESS only")
+    t.add_argument("--no-ravdess", action="store_true", help="train on MELD only")
+    t.add_argument("--text-encoder", default=None, help="text encoder ONNX (default: the default bundle's)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="causal, speaker-disjoint evaluation; writes JSON + confusion PNG",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("--bundle", default="default", help="bundle folder, checkpoint folder, or 'default'")
+    e.add_argument("--dataset", required=True, help="ravdess or meld")
+    e.add_argument("--data", required=True, help="RAVDESS folder (audio16k/ + visual_au35.csv) or MELD folder")
+    e.add_argument("--split", default="dev", help="MELD split: dev or test")
+    e.add_argument("--stream", action="store_true", help="RAVDESS: each actor's clips in seeded shuffled order")
+    e.add_argument("--seed", type=int, default=0, help="seed of the --stream order")
+    e.add_argument("--json", default=None, help="write the metrics here (and OUT.confusion.png beside it)")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("crossval", help="leave-actors-out cross-validation and ablations (RAVDESS + MELD dev)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("--data", default=_default_data(), help="folder holding ravdess/ and meld/")
+    c.add_argument("--folds", type=int, default=5, help="folds of consecutive actors over actors 1-20")
+    c.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    c.add_argument("--ablations", default="full", help="comma-separated: full,no_stage1,no_stage2,no_stage3,no_speaker")
+    c.add_argument("--config", default="teacher", choices=["teacher", "student"])
+    c.add_argument("--epochs", type=int, default=None)
+    c.add_argument("--json", default=None, help="write every run and the summary here")
+    c.set_defaults(func=cmd_crossval)
+
+    f = sub.add_parser("finetune-text", help="fine-tune the MiniLM text encoder on MELD (torch)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f.add_argument("--data", default=str(Path(_default_data()) / "meld"), help="MELD folder")
+    f.add_argument("--out", required=True)
+    f.add_argument("--epochs", type=int, default=2)
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=cmd_finetune_text)
+
+    x = sub.add_parser("export", help="write a verified bundle from a checkpoint",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--out", required=True, help="bundle folder (written atomically)")
+    x.add_argument("--metrics", nargs="*", help="eval/crossval JSON files to record in the manifest")
+    x.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("info", help="print a bundle's manifest as JSON")
+    i.add_argument("--bundle", default="default")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(a, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return a.func(a)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, ImportError, OSError) as e:
+        if a.verbose:
+            raise
+        print(f"mlsan-edge {a.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Classification metrics in numpy (no scikit-learn on the device) and the confusion-matrix plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, C) counts, rows = truth, columns = prediction."""
+    cm = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def report(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str] | tuple[str, ...]) -> dict:
+    """accuracy, weighted/macro F1 and per-class F1 (all in percent), n and the confusion matrix."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    cm = confusion(y_true, y_pred, len(classes))
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(1)
+    precision = tp / np.maximum(cm.sum(0), 1)
+    recall = tp / np.maximum(support, 1)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    present = support > 0
+    return {
+        "n": int(len(y_true)),
+        "accuracy": round(100.0 * float((y_true == y_pred).mean()), 2) if len(y_true) else 0.0,
+        "weighted_f1": round(100.0 * float((f1 * support).sum() / max(support.sum(), 1)), 2),
+        "macro_f1": round(100.0 * float(f1[present].mean()) if present.any() else 0.0, 2),
+        "per_class_f1": {c: round(100.0 * float(f), 2) for c, f, p in zip(classes, f1, present) if p},
+        "support": {c: int(s) for c, s in zip(classes, support)},
+        "confusion": cm.tolist(),
+    }
+
+
+def plot_confusion(cm: np.ndarray | list, classes, path: str | Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix as a PNG (counts written in each cell)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=120)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

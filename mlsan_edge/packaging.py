@@ -1,0 +1,81 @@
+"""Assemble a verified bundle from a training checkpoint (`mlsan-edge export`).
+
+The bundle holds everything the device runs — the encoders, the VAD model and the network —
+with the feature contract and measured accuracy in its manifest (see `bundle.py`). Writing is
+atomic: an interrupted export leaves the previous bundle untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from mlsan_edge.bundle import BundleWriter
+from mlsan_edge.config import (EMOTIONS, HOP_LENGTH, N_FFT, N_MELS, N_MFCC, SAMPLE_RATE, TEXT_DIM, VISUAL_DIM,
+                               VOICE_DIM, WIN_LENGTH)
+
+log = logging.getLogger(__name__)
+
+VAD_ONNX = Path(__file__).resolve().parent / "assets" / "vad" / "silero_vad.onnx"
+
+
+def feature_contract(audio_dim: int) -> dict:
+    """What the device's front-ends must produce for this bundle (checked at load)."""
+    return {
+        "sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "win_length": WIN_LENGTH, "hop_length": HOP_LENGTH,
+        "n_mels": N_MELS, "n_mfcc": N_MFCC, "audio_dim": audio_dim, "text_dim": TEXT_DIM,
+        "visual_dim": VISUAL_DIM, "voice_dim": VOICE_DIM,
+        "audio_features": "mlsan_edge.features.audio.utterance_features",
+        "visual_features": "OpenFace AU intensities (17) + presence fractions (18), clip means",
+        "normalisation": "raw inputs; global mean/std inside the network; speaker profile per profile.py",
+    }
+
+
+def write_bundle(checkpoint: Path, out: Path, metrics_json: list[Path] = (), name: str | None = None) -> Path:
+    """Bundle = checkpoint's network + the encoders it was trained with + the VAD model."""
+    doc = json.loads((checkpoint / "model.json").read_text())
+    enc = {k: Path(v) for k, v in doc.get("encoders", {}).items()}
+    for role, p in enc.items():
+        if not p.exists():
+            raise FileNotFoundError(f"the checkpoint's {role} {p} is gone; re-train or restore it")
+    metrics = {}
+    for m in metrics_json:
+        metrics[m.stem] = json.loads(m.read_text())
+    with BundleWriter(out, name=name or f"mlsan-{doc['model']['name']}", classes=list(EMOTIONS),
+                      feature_contract=feature_contract(doc["model"]["audio_dim"]),
+                      provenance={"data": doc.get("data", {}), "train": doc.get("train", {})},
+                      metrics=metrics) as w:
+        for f in ("model.safetensors", "model.json"):
+            w.add_file(f"teacher/{f}", checkpoint / f)
+        w.add_model("text_encoder", "encoders/text_encoder.int8.onnx", src=enc["text_encoder"], precision="int8",
+                    inputs=[{"name": "input_ids", "shape": ["batch", "tokens"], "dtype": "int64"},
+                            {"name": "attention_mask", "shape": ["batch", "tokens"], "dtype": "int64"}],
+                    outputs=[{"name": "embeddings", "shape": ["batch", TEXT_DIM], "dtype": "float32"}])
+        w.add_file("encoders/tokenizer.json", enc["text_encoder"].parent / "tokenizer.json")
+        w.add_model("voice_encoder", "encoders/voice_encoder.onnx", src=enc["voice_encoder"],
+                    inputs=[{"name": "mels", "shape": ["batch", 160, 40], "dtype": "float32"}],
+                    outputs=[{"name": "embeddings", "shape": ["batch", VOICE_DIM], "dtype": "float32"}],
+                    profiles={"mels": {"min": [1, 160, 40], "opt": [4, 160, 40], "max": [16, 160, 40]}})
+        w.add_model("vad", "vad/silero_vad.onnx", src=VAD_ONNX,
+                    inputs=[{"name": "input", "shape": [1, 576], "dtype": "float32"},
+                            {"name": "state", "shape": [2, 1, 128], "dtype": "float32"},
+                            {"name": "sr", "shape": [], "dtype": "int64"}],
+                    outputs=[{"name": "output", "shape": [1, 1], "dtype": "float32"},
+                             {"name": "stateN", "shape": [2, 1, 128], "dtype": "float32"}])
+        w.add_file("LICENSES.md", _licence_text())
+    return out
+
+
+def _licence_text() -> Path:
+    import tempfile
+
+    p = Path(tempfile.mkdtemp()) / "LICENSES.md"
+    p.write_text(
+        "# Licences of this bundle\n\n"
+        "- teacher/: trained on RAVDESS (CC BY-NC-SA 4.0, Livingstone & Russo 2018) and MELD (GPL-3.0,\n"
+        "  Poria et al. 2019): non-commercial, share-alike; GPL-3.0 obligations for MELD-derived weights.\n"
+        "- encoders/text_encoder.int8.onnx: all-MiniLM-L6-v2 (Apache-2.0), fine-tuned on MELD (GPL-3.0).\n"
+        "- encoders/voice_encoder.onnx: GE2E speaker encoder from resemblyzer (Apache-2.0).\n"
+        "- vad/silero_vad.onnx: silero-vad 6.2.3 (MIT).\n")
+    return p
