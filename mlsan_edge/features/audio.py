@@ -9,12 +9,12 @@ with numpy so the device needs no torch and no librosa.
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from mlsan_edge.config import HOP_LENGTH, N_FFT, N_MELS, N_MFCC, SAMPLE_RATE, WIN_LENGTH
+from mlsan_edge.features.mel import mel_filterbank, power_spectrogram
 
 log = logging.getLogger(__name__)
 
@@ -95,53 +95,18 @@ N_STAT_EXTRA = 5 + 8 + 6  # energy, spectral shape, pitch summaries (see utteran
 AUDIO_DIM = 2 * N_MFCC + N_MFCC + 2 * N_MELS + N_STAT_EXTRA  # 207
 
 
-@lru_cache(maxsize=4)
-def mel_filterbank(n_mels: int = N_MELS, n_fft: int = N_FFT, sr: int = SAMPLE_RATE,
-                   fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
-    """Slaney-style triangular mel filters, (n_mels, n_fft // 2 + 1) float32, area-normalised."""
-    fmax = fmax or sr / 2
-
-    def hz_to_mel(f):  # Slaney: linear below 1 kHz, logarithmic above
-        f = np.asarray(f, np.float64)
-        m = f / (200.0 / 3)
-        log_part = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
-        return np.where(f >= 1000.0, log_part, m)
-
-    def mel_to_hz(m):
-        m = np.asarray(m, np.float64)
-        return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * 200.0 / 3)
-
-    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
-    hz = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
-    fdiff = np.diff(hz)
-    ramps = hz[:, None] - freqs[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    weights = np.maximum(0, np.minimum(lower, upper))
-    weights *= (2.0 / (hz[2:n_mels + 2] - hz[:n_mels]))[:, None]
-    return weights.astype(np.float32)
+def _power(wav: np.ndarray) -> np.ndarray:
+    """(frames, N_FFT // 2 + 1) power spectrum of the emotion front-end (25 ms Hann, 10 ms hop)."""
+    return power_spectrogram(wav, N_FFT, HOP_LENGTH, WIN_LENGTH).astype(np.float32)
 
 
-def power_spectrogram(wav: np.ndarray, n_fft: int = N_FFT, hop: int = HOP_LENGTH,
-                      win: int = WIN_LENGTH) -> np.ndarray:
-    """|STFT|^2 of a centred, reflect-padded signal with a Hann window: (frames, n_fft//2+1)."""
-    wav = np.asarray(wav, np.float32)
-    pad = n_fft // 2
-    if len(wav) <= pad:
-        wav = np.pad(wav, (0, pad + 1 - len(wav)))
-    x = np.pad(wav, pad, mode="reflect")
-    n_frames = 1 + (len(x) - n_fft) // hop
-    window = np.zeros(n_fft, np.float32)
-    offset = (n_fft - win) // 2
-    window[offset:offset + win] = np.hanning(win + 1)[:-1]
-    idx = np.arange(n_fft)[None, :] + hop * np.arange(n_frames)[:, None]
-    frames = x[idx] * window
-    return (np.abs(np.fft.rfft(frames, axis=1)) ** 2).astype(np.float32)
+def _mel_weights() -> np.ndarray:
+    return mel_filterbank(SAMPLE_RATE, N_FFT, N_MELS).astype(np.float32)
 
 
 def log_mel(wav: np.ndarray) -> np.ndarray:
     """Log-mel energies (frames, N_MELS) float32 of 16 kHz audio, 25 ms window, 10 ms hop."""
-    mel = power_spectrogram(wav) @ mel_filterbank().T
+    mel = _power(wav) @ _mel_weights().T
     return np.log(mel + 1e-6).astype(np.float32)
 
 
@@ -205,8 +170,8 @@ def utterance_features(wav: np.ndarray) -> np.ndarray:
         raise AudioError("empty audio: an utterance needs at least one sample")
     if not np.all(np.isfinite(wav)):
         raise AudioError("audio holds NaN or inf samples")
-    power = power_spectrogram(wav)
-    lm = np.log(power @ mel_filterbank().T + 1e-6)
+    power = _power(wav)
+    lm = np.log(power @ _mel_weights().T + 1e-6)
     frame_db = 10 * np.log10(power.sum(axis=1) + 1e-10)
     active = frame_db >= frame_db.max() - ACTIVE_DB
     if active.sum() < 3:

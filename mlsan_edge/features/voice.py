@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from mlsan_edge.config import SAMPLE_RATE, VOICE_DIM
+from mlsan_edge.features.mel import mel_filterbank, power_spectrogram
 
 log = logging.getLogger(__name__)
 
@@ -75,45 +75,6 @@ def normalize_volume(wav: np.ndarray, target_dbfs: float = TARGET_DBFS) -> np.nd
     return (wav * 10.0 ** (change_db / 20.0)).astype(np.float32)
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
-    """Slaney's Auditory Toolbox mel scale (librosa `htk=False`): linear below 1 kHz, log above."""
-    f = np.asarray(f, np.float64)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp)
-
-
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, np.float64)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
-
-
-@lru_cache(maxsize=4)
-def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = GE2E_N_FFT, n_mels: int = GE2E_N_MELS) -> np.ndarray:
-    """Triangular mel filters as `librosa.filters.mel(sr, n_fft, n_mels)` builds them.
-
-    Returns:
-        (n_mels, n_fft // 2 + 1) float64, area-normalised (Slaney `norm="slaney"`), 0 Hz to sr/2.
-    """
-    fft_hz = np.linspace(0.0, sr / 2.0, n_fft // 2 + 1)
-    mel_hz = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sr / 2.0), n_mels + 2))
-    fdiff = np.diff(mel_hz)
-    ramps = mel_hz[:, None] - fft_hz[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_hz[2:] - mel_hz[:-2]))[:, None]
-    return weights
-
-
-@lru_cache(maxsize=4)
-def _hann(n: int) -> np.ndarray:
-    """Periodic Hann window (scipy `get_window("hann", n, fftbins=True)`)."""
-    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
-
-
 def mel_spectrogram(wav: np.ndarray) -> np.ndarray:
     """GE2E mel power spectrogram (resemblyzer's `wav_to_mel_spectrogram`, not log-scaled).
 
@@ -123,16 +84,8 @@ def mel_spectrogram(wav: np.ndarray) -> np.ndarray:
     Returns:
         (1 + N // 160, 40) float32: one frame per 10 ms hop, centred on sample `t * 160`.
     """
-    wav = np.asarray(wav, np.float64)
-    pad = GE2E_N_FFT // 2
-    # numpy's reflect pad also handles N <= pad (it reflects repeatedly), unlike librosa's check
-    padded = np.pad(wav, pad, mode="reflect") if len(wav) > 1 else np.pad(wav, pad, mode="edge")
-    n_frames = 1 + (len(padded) - GE2E_N_FFT) // GE2E_HOP
-    frames = np.lib.stride_tricks.as_strided(
-        padded, shape=(n_frames, GE2E_N_FFT), strides=(padded.strides[0] * GE2E_HOP, padded.strides[0])
-    )  # (T, 400), a view
-    power = np.abs(np.fft.rfft(frames * _hann(GE2E_N_FFT), axis=1)) ** 2  # (T, 201)
-    return (power @ mel_filterbank().T).astype(np.float32)  # (T, 40)
+    power = power_spectrogram(wav, GE2E_N_FFT, GE2E_HOP)  # (T, 201)
+    return (power @ mel_filterbank(SAMPLE_RATE, GE2E_N_FFT, GE2E_N_MELS).T).astype(np.float32)  # (T, 40)
 
 
 def partial_slices(n_samples: int) -> list[slice]:
