@@ -5,3 +5,12 @@ runtime in `mlsan_edge.runtime`.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # lazily, so `import mlsan_edge` loads nothing heavy
+    if name == "load_runtime":
+        from mlsan_edge.runtime.session import load_runtime
+
+        return load_runtime
+    raise AttributeError(f"module 'mlsan_edge' has no attribute {name!r}")

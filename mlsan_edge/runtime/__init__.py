@@ -1,1 +1,18 @@
-"""runtime"""
+"""The on-device runtime (no torch): `load_runtime(bundle, backend) -> Runtime`.
+
+Submodules load lazily, so `import mlsan_edge.runtime` stays cheap.
+"""
+
+__all__ = ["load_runtime", "Runtime", "RuntimeConfig", "Event", "Session"]
+
+
+def __getattr__(name):
+    if name in ("load_runtime", "Runtime", "RuntimeConfig", "Session"):
+        from mlsan_edge.runtime import session
+
+        return getattr(session, name)
+    if name == "Event":
+        from mlsan_edge.runtime.events import Event
+
+        return Event
+    raise AttributeError(f"module 'mlsan_edge.runtime' has no attribute {name!r}")

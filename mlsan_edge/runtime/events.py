@@ -1,0 +1,62 @@
+"""What the runtime emits: one `Event` per utterance, serialisable as one JSON line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+# Timed steps, in pipeline order. `total_after_end` runs from the utterance's end being known
+# (the VAD chunk that closed it, or `Session.process` being called) to the event being ready.
+STEPS: tuple[str, ...] = ("vad", "embedding", "cache", "audio_features", "face", "text",
+                          "stage1", "stage2", "stage3", "total_after_end")
+
+
+@dataclass
+class Event:
+    """The emotion of one utterance, who said it, and what it cost.
+
+    Attributes:
+        start_s, end_s: utterance bounds, seconds from the stream (or session) start.
+        speaker_id: the speaker cache's id; speaker_name its display name or None.
+        speaker_similarity: cosine of the voice to the matched speaker's centroid (-1: first speaker).
+        new_speaker: True when this utterance created the speaker.
+        emotion: the most probable of the 7 classes; probs: class -> probability.
+        trust: modality -> stage-2 weight; modalities: the modalities present, in model order.
+        timings_ms: step -> milliseconds (`STEPS`; `vad` is the slowest VAD chunk of the utterance).
+        over_budget: steps over their budget for this utterance.
+        face_used: a face's landmarks produced this utterance's visual vector.
+        face: attribution details (faces seen, method, correlation with the voice).
+        degraded: what was skipped or missing and why (e.g. "face: skipped after 3 overruns").
+        dropped: pending work dropped under overload so far (queue -> count).
+    """
+
+    start_s: float
+    end_s: float
+    speaker_id: int | None
+    speaker_name: str | None
+    speaker_similarity: float
+    emotion: str
+    probs: dict[str, float]
+    trust: dict[str, float]
+    modalities: list[str]
+    timings_ms: dict[str, float]
+    over_budget: list[str]
+    face_used: bool = False
+    new_speaker: bool = False
+    face: dict = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    text: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """One line of JSON (floats rounded: ms to 0.01, probabilities to 1e-4)."""
+        d = self.to_dict()
+        d["start_s"], d["end_s"] = round(self.start_s, 3), round(self.end_s, 3)
+        d["speaker_similarity"] = round(float(self.speaker_similarity), 4)
+        d["probs"] = {k: round(float(v), 4) for k, v in self.probs.items()}
+        d["trust"] = {k: round(float(v), 4) for k, v in self.trust.items()}
+        d["timings_ms"] = {k: round(float(v), 2) for k, v in self.timings_ms.items()}
+        return json.dumps(d, separators=(",", ":"))
