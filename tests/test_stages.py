@@ -1,0 +1,216 @@
+"""Per-utterance stage graphs: exact parity with MLSAN.forward (torch) and with train.predict
+through the onnxruntime runtime (`mlsan_edge.runtime.stages`), including ablations, missing
+modalities and multi-layer context."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from conftest import HAVE_DATA, HAVE_TORCH, SHARED_DATA, requires_torch
+from mlsan_edge.config import MODALITIES
+from mlsan_edge.data.streams import GlobalStats, pack, profile_inputs, stream_order
+from mlsan_edge.data.table import UtteranceTable
+
+pytestmark = requires_torch
+
+if HAVE_TORCH:
+    import torch
+
+    from mlsan_edge import train
+    from mlsan_edge.model.mlsan import MLSAN
+    from mlsan_edge.model.stages import graph_io, history_len, stage_macs, stage_modules
+
+D = {"audio": 6, "visual": 4, "text": 5}
+VOICE = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(config: str, **overrides):
+    cfg = replace(train.CONFIGS[config], audio_dim=D["audio"], visual_dim=D["visual"], text_dim=D["text"],
+                  voice_dim=VOICE, context_window=3, dropout=0.0)
+    cfg = replace(cfg, hidden=16, speaker_dim=8, context_heads=2) if config == "teacher" else \
+        replace(cfg, hidden=8, speaker_dim=4, context_heads=2)
+    return replace(cfg, **overrides)
+
+
+def make_table(n_groups=3, length=11, seed=0) -> UtteranceTable:
+    """Dialogues of two alternating speakers; every modality pattern occurs, incl. all-missing."""
+    rng = np.random.default_rng(seed)
+    n = n_groups * length
+    group = np.repeat(np.arange(n_groups), length).astype(np.int64)
+    position = np.tile(np.arange(length), n_groups).astype(np.int64)
+    spk = (position // 2 + group) % 3
+    feats = {m: (rng.normal(size=(n, d)) * 2 + 1).astype(np.float32) for m, d in D.items()}
+    masks = {m: rng.random(n) > 0.3 for m in D}
+    for m in D:
+        feats[m][~masks[m]] = 0
+    voice = rng.normal(size=(3, VOICE))[spk] + rng.normal(0, 0.1, (n, VOICE))
+    return UtteranceTable("synthetic", **feats, voice=voice.astype(np.float32), **{f"mask_{m}": v for m, v in masks.items()},
+                          mask_voice=rng.random(n) > 0.2, label=rng.integers(0, 7, n).astype(np.int64),
+                          speaker=np.array([f"s{s}" for s in spk]), group=group, position=position)
+
+
+def make_model(cfg, table: UtteranceTable, seed=0) -> "MLSAN":
+    torch.manual_seed(seed)
+    m = MLSAN(cfg)
+    stats = GlobalStats.fit(table)
+    m.set_normalisation({k: (torch.tensor(stats.mean[k], dtype=torch.float32),
+                             torch.tensor(np.sqrt(stats.var[k]), dtype=torch.float32)) for k in MODALITIES})
+    with torch.no_grad():  # FiLM starts at identity and the flag embedding matters: perturb both
+        for p in m.calib.parameters():
+            p.normal_(0, 0.3)
+    return m.eval()
+
+
+@torch.no_grad()
+def stream_probs(model, batch: dict) -> np.ndarray:
+    """Run every stream of a packed batch one utterance at a time through the four wrappers."""
+    mods = stage_modules(model)
+    W, H = history_len(model), model.cfg.hidden
+    B, T = batch["valid"].shape
+    probs = np.zeros((B, T, model.cfg.n_classes), np.float32)
+    f = lambda k, b, t: torch.as_tensor(np.asarray(batch[k][b, t], np.float32)).reshape(1, -1)  # noqa: E731
+    for b in range(B):
+        hist, hmask = torch.zeros(1, W, H), torch.zeros(1, W)
+        for t in range(T):
+            if not batch["valid"][b, t]:
+                continue
+            sp = mods["speaker"](f("voice", b, t), f("mask_voice", b, t), f("profile_audio_mean", b, t),
+                                 f("profile_audio_var", b, t), f("profile_visual_mean", b, t),
+                                 f("profile_visual_var", b, t), f("profile_text_mean", b, t), f("profile_conf", b, t))
+            a_cal, v_cal = mods["stage1"](f("audio", b, t), f("visual", b, t), f("mask_audio", b, t),
+                                          f("mask_visual", b, t), *sp[1:])
+            mm = torch.cat([f(f"mask_{m}", b, t) for m in MODALITIES], dim=1)
+            fused, _ = mods["stage2"](f("text", b, t), a_cal, v_cal, mm, sp[0])
+            p, _, ctx_in = mods["stage3"](fused, f("same_speaker_prev", b, t), hist, hmask)
+            hist = torch.cat([hist[:, 1:], ctx_in[:, None]], 1)
+            hmask = torch.cat([hmask[:, 1:], torch.ones(1, 1)], 1)
+            probs[b, t] = p[0].numpy()
+    return probs
+
+
+ABLATIONS = [{}, {"use_stage1": False}, {"use_stage2": False}, {"use_speaker": False},
+             {"use_stage1": False, "use_stage2": False, "use_speaker": False}]
+
+
+@pytest.mark.parametrize("config", ["teacher", "student"])
+@pytest.mark.parametrize("ablation", ABLATIONS, ids=lambda a: ",".join(a) or "full")
+def test_torch_stages_match_full_forward(config, ablation):
+    table = make_table()
+    model = make_model(tiny(config, **ablation), table)
+    order = stream_order(table)
+    batch = pack(table, order, profile_inputs(table, order, GlobalStats.fit(table)))
+    with torch.no_grad():
+        ref = torch.softmax(model(train.to_torch({k: v for k, v in batch.items() if k != "index"}))["logits"], -1).numpy()
+    got = stream_probs(model, batch)
+    v = batch["valid"]
+    assert np.abs(got[v] - ref[v]).max() <= 1e-5
+    if config == "teacher":
+        assert history_len(model) == 6 and batch["valid"].shape[1] > history_len(model) + 1  # the window slides
+
+
+def test_graph_io_names_and_macs():
+    model = make_model(tiny("student"), make_table())
+    io = graph_io(model)
+    assert list(io) == ["speaker", "stage1", "stage2", "stage3"]
+    assert [t["name"] for t in io["stage3"][1]] == ["probs", "latent", "context_in"]
+    assert io["stage3"][0][2]["shape"] == ["batch", history_len(model), model.cfg.hidden]
+    macs = stage_macs(model)
+    assert macs["stage1"] == 0 and all(macs[g] > 0 for g in ("speaker", "stage2", "stage3"))
+
+
+# --- the onnxruntime runtime against train.predict ---------------------------------------------
+def _runtime_probs(stages, table: UtteranceTable, order: np.ndarray, stats: GlobalStats) -> np.ndarray:
+    """Replay `order` through `Stages` exactly as the device does (profile per speaker, history
+    per stream, reset at each new stream)."""
+    from mlsan_edge.profile import SpeakerProfile
+    from mlsan_edge.data.streams import profile_row
+    from mlsan_edge.runtime.stages import ContextHistory
+
+    dims = {m: getattr(table, m).shape[1] for m in MODALITIES}
+    probs = np.zeros((len(table), 7), np.float32)
+    hist = ContextHistory(stages.history_len, stages.hidden)
+    profiles, prev_group, prev_spk = {}, None, None
+    for i in order:
+        if table.group[i] != prev_group:
+            hist.reset()
+            prev_group, prev_spk = table.group[i], None
+        p = profiles.setdefault(table.speaker[i], SpeakerProfile(dims=dims, voice_dim=table.voice.shape[1]))
+        row = profile_row(p, stats)
+        p.update({m: getattr(table, m)[i] if getattr(table, f"mask_{m}")[i] else None for m in MODALITIES},
+                 voice=table.voice[i] if table.mask_voice[i] else None)
+        voice = p.voice_centroid() if table.mask_voice[i] else None
+        params = stages.params_from_bytes(stages.params_to_bytes(stages.speaker_params(row, voice)))
+        cal = stages.stage1(table.audio[i] if table.mask_audio[i] else None,
+                            table.visual[i] if table.mask_visual[i] else None, params)
+        fused, trust = stages.stage2(table.text[i] if table.mask_text[i] else None, cal, params)
+        probs[i], _ = stages.stage3(fused, table.speaker[i] == prev_spk, hist)
+        prev_spk = table.speaker[i]
+    return probs
+
+
+def _export(model, stats, tmp_path, name="student"):
+    from export.onnx_export import write_stage_bundle
+
+    return write_stage_bundle(tmp_path / "bundle", {name: model}, stats, classes=None)
+
+
+@pytest.mark.parametrize("config", ["teacher", "student"])
+def test_runtime_matches_predict_generated(tmp_path, config):
+    table = make_table(seed=3)
+    stats = GlobalStats.fit(table)
+    model = make_model(tiny(config), table)
+    from mlsan_edge.runtime.stages import Stages
+
+    stages = Stages(_export(model, stats, tmp_path, config), backend="onnxruntime", precision="fp32")
+    assert stages.history_len == history_len(model) and stages.hidden == model.cfg.hidden
+    order = stream_order(table)
+    ref = train.predict(model, table, order, stats)["probs"]
+    got = _runtime_probs(stages, table, order, stats)
+    assert np.abs(got - ref).max() <= 1e-4
+
+
+@pytest.mark.requires_data
+@pytest.mark.skipif(not HAVE_DATA, reason=f"real data not found at {SHARED_DATA}")
+def test_runtime_matches_predict_real(tmp_path):
+    """A RAVDESS actor stream (audio + visual + neutral text) and MELD dialogues (text only) with
+    a freshly initialised full-size student: the real feature ranges, not tiny random ones."""
+    from mlsan_edge.data.extract import meld_table
+    from mlsan_edge.runtime.stages import Stages
+    from mlsan_edge.training_job import encoder_paths
+
+    from mlsan_edge.data.extract import file_sha
+    from mlsan_edge.data.ravdess import load_ravdess
+    from mlsan_edge.data.table import cache_key, default_cache_dir
+
+    enc = encoder_paths()
+    clips = load_ravdess(SHARED_DATA / "ravdess", None)
+    key = cache_key("ravdess", [str(c.path) for c in clips], True, file_sha(enc["text_encoder"]),
+                    file_sha(enc["voice_encoder"]))
+    if not (default_cache_dir() / f"ravdess_{key}.npz").exists():
+        pytest.skip("RAVDESS feature table not cached (run `mlsan-edge train` once); extraction is too slow here")
+    from mlsan_edge.data.extract import ravdess_table
+
+    rav = ravdess_table(SHARED_DATA / "ravdess", enc["text_encoder"], enc["voice_encoder"], progress=False)
+    meld = meld_table(SHARED_DATA / "meld", "dev", enc["text_encoder"], progress=False)
+    rav = rav.subset(np.where(rav.group == rav.group.min())[0][:40])
+    meld = meld.subset(np.where(meld.group < meld.group.min() + 4)[0])
+    table = train.concat_tables([rav, meld])
+    stats = GlobalStats.fit(table)
+    cfg = replace(train.CONFIGS["student"], dropout=0.0)
+    model = make_model(cfg, table)
+    stages = Stages(_export(model, stats, tmp_path), backend="onnxruntime", precision="fp32")
+    order = stream_order(table, shuffle_groups={int(rav.group.min())}, seed=0)
+    ref = train.predict(model, table, order, stats)["probs"]
+    got = _runtime_probs(stages, table, order, stats)
+    assert np.abs(got - ref).max() <= 1e-4
