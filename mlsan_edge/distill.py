@@ -1,0 +1,152 @@
+"""Knowledge distillation: train the small student from a trained teacher. `mlsan-edge distill`.
+
+The student (`train.CONFIGS["student"]`: hidden 64, one context layer, no recurrence, bounded
+window) learns from the teacher's temperature-softened probabilities (Hinton et al. 2015,
+arXiv 1503.02531) and the hard labels:
+
+    loss = alpha * CE_hard + (1 - alpha) * T² * KL(softmax(z_t / T) || softmax(z_s / T)) [+ stage-3 loss]
+
+on exactly the stream replay of `train.fit` (same batches, modality dropout, profile inputs and
+MELD class weights, via `train.epoch_batches`); the teacher sees the same dropped-out inputs.
+The T² factor keeps the soft-target gradients on the scale of the hard ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    temperature: float = 3.0  # softening of both distributions (2-4 works for 7 classes)
+    alpha: float = 0.3  # weight of the hard-label loss; 1 - alpha on the soft targets
+
+
+def kd_loss(student_logits, teacher_logits, temperature: float):
+    """T² · KL(teacher_T || student_T), mean over rows. Logits (N, C)."""
+    import torch.nn.functional as F
+
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
+                    log_target=True, reduction="batchmean") * t * t
+
+
+def distill(teacher, train_table, stats, student_cfg=None, cfg=None, kd: DistillConfig = DistillConfig(),
+            progress: bool = True):
+    """Train a student on `train_table` from `teacher` (an eval-mode MLSAN).
+
+    Args:
+        stats: the teacher's global statistics (the student normalises with the same ones).
+        student_cfg: a ModelConfig (default `train.CONFIGS["student"]` with the teacher's dims).
+        cfg: a `train.TrainConfig` (default: the same schedule as `mlsan-edge train`).
+
+    Returns:
+        (student, history) with history {"loss": [...], "kd": [...], "train_seconds": s}.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from mlsan_edge.config import MODALITIES
+    from mlsan_edge.model.losses import class_weights, speaker_consistency_loss
+    from mlsan_edge.model.mlsan import MLSAN
+    from mlsan_edge.train import CONFIGS, TrainConfig, epoch_batches, to_torch
+
+    cfg = cfg or TrainConfig()
+    tc = teacher.cfg
+    student_cfg = student_cfg or replace(CONFIGS["student"], audio_dim=tc.audio_dim, visual_dim=tc.visual_dim,
+                                         text_dim=tc.text_dim, voice_dim=tc.voice_dim, n_classes=tc.n_classes)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    student = MLSAN(student_cfg)
+    student.set_normalisation({m: (torch.tensor(stats.mean[m], dtype=torch.float32),
+                                   torch.tensor(np.sqrt(stats.var[m]), dtype=torch.float32)) for m in MODALITIES})
+    teacher.eval()
+    is_meld = np.array([not str(s).startswith("ravdess") for s in train_table.speaker])
+    w_meld = class_weights(torch.from_numpy(train_table.label[is_meld]), student_cfg.n_classes, cfg.meld_weight_power)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_steps = cfg.epochs * len(epoch_batches(train_table, stats, cfg, 0, np.random.default_rng(0)))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=n_steps, pct_start=0.1)
+    speaker_ids = {s: i for i, s in enumerate(np.unique(train_table.speaker))}
+    history, t0, step = {"loss": [], "kd": []}, time.time(), 0
+    bar = tqdm(range(cfg.epochs), desc=f"distill {student_cfg.name}", disable=not progress)
+    for epoch in bar:
+        student.train()
+        losses, kds = [], []
+        for batch in epoch_batches(train_table, stats, cfg, epoch, rng):
+            if step >= n_steps:
+                break
+            tb = to_torch({k: v for k, v in batch.items() if k != "index"})
+            with torch.no_grad():
+                t_logits = teacher(tb)["logits"]
+            out = student(tb)
+            valid = tb["valid"]
+            labels, logits = tb["label"][valid], out["logits"][valid]
+            rows = batch["index"][batch["valid"]]
+            ce = F.cross_entropy(logits, labels, reduction="none")
+            weight = torch.where(torch.from_numpy(is_meld[rows]), w_meld[labels], torch.ones_like(ce))
+            hard = (ce * weight).sum() / weight.sum()
+            soft = kd_loss(logits, t_logits[valid], kd.temperature)
+            loss = kd.alpha * hard + (1 - kd.alpha) * soft
+            if student_cfg.use_stage3 and cfg.stage3_weight > 0:
+                spk = torch.tensor([speaker_ids[s] for s in train_table.speaker[rows]])
+                loss = loss + cfg.stage3_weight * speaker_consistency_loss(out["latent"][valid], labels, spk)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(loss.item())
+            kds.append(soft.item())
+        history["loss"].append(float(np.mean(losses)))
+        history["kd"].append(float(np.mean(kds)))
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", kd=f"{history['kd'][-1]:.3f}")
+    history["train_seconds"] = round(time.time() - t0, 1)
+    student.eval()
+    return student, history
+
+
+def run_distill(teacher_dir: Path, data: Path, out: Path, epochs: int | None = None, seed: int = 0,
+                actors: list[int] | None = None, kd: DistillConfig = DistillConfig(), use_meld: bool = True) -> dict:
+    """`mlsan-edge distill`: the teacher's training corpora (its RAVDESS actors unless `actors`
+    is given, so held-out actors stay held out), distil, save a checkpoint beside the teacher's format."""
+    from mlsan_edge.data.extract import file_sha
+    from mlsan_edge.train import TrainConfig, concat_tables, load_checkpoint, save_checkpoint
+    from mlsan_edge.training_job import encoder_paths, load_training_tables
+
+    teacher, stats, tdoc = load_checkpoint(teacher_dir)
+    if not data.exists():
+        raise FileNotFoundError(f"data folder not found: {data} (expected ravdess/ and meld/ as in ../shared/data)")
+    if actors is None:
+        actors = tdoc.get("data", {}).get("ravdess_actors") or None
+    text_enc = tdoc.get("encoders", {}).get("text_encoder")
+    enc = encoder_paths(text_enc if text_enc and Path(text_enc).exists() else None)
+    train = concat_tables(load_training_tables(data, enc, actors, use_meld=use_meld))
+    tc = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
+    student, hist = distill(teacher, train, stats, cfg=tc, kd=kd)
+    meta = {
+        "train": asdict(tc), "distill": {**asdict(kd), "teacher": str(teacher_dir),
+                                          "teacher_n_params": teacher.n_params()},
+        "history": hist, "n_params": student.n_params(),
+        "data": {"corpora": train.corpus, "n_utterances": len(train),
+                 "ravdess_actors": sorted({int(g) for g, s in zip(train.group, train.speaker) if str(s).startswith("ravdess")}),
+                 "licence": "weights derived from RAVDESS (CC BY-NC-SA 4.0) and MELD (GPL-3.0)"},
+        "encoders": {k: str(v) for k, v in enc.items()},
+        "encoder_sha256": {k: file_sha(v) for k, v in enc.items()},
+    }
+    save_checkpoint(out, student, stats, meta)
+    log.info("wrote %s (%d parameters, teacher %d)", out, student.n_params(), teacher.n_params())
+    return {"checkpoint": str(out), "n_params": student.n_params(), "teacher_n_params": teacher.n_params(),
+            "train_seconds": hist["train_seconds"], "final_loss": round(hist["loss"][-1], 4),
+            "final_kd": round(hist["kd"][-1], 4)}
+
+
+__all__ = ["DistillConfig", "distill", "kd_loss", "run_distill"]
