@@ -29,10 +29,20 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(a: argparse.Namespace) -> int:
+    from mlsan_edge.distill import DistillConfig, run_distill
+
+    res = run_distill(Path(a.teacher), Path(a.data), Path(a.out), epochs=a.epochs, seed=a.seed,
+                      actors=_parse_actors(a.actors), kd=DistillConfig(temperature=a.temperature, alpha=a.alpha))
+    print(json.dumps(res, indent=2))
+    return 0
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from mlsan_edge.evaluate import evaluate
 
-    res = evaluate(a.bundle, a.dataset, a.data, split=a.split, stream=a.stream, json_out=a.json, seed=a.seed)
+    res = evaluate(a.bundle, a.dataset, a.data, split=a.split, stream=a.stream, json_out=a.json, seed=a.seed,
+                   backend=a.backend, precision=a.precision, model=a.model)
     short = {k: res[k] for k in ("dataset", "split", "stream", "n", "accuracy", "weighted_f1", "macro_f1", "per_class_f1")}
     print(json.dumps(short, indent=2))
     if a.json:
@@ -70,8 +80,63 @@ def cmd_finetune_text(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from mlsan_edge.packaging import write_bundle
 
-    path = write_bundle(Path(a.checkpoint), Path(a.out), metrics_json=[Path(p) for p in a.metrics or []])
+    path = write_bundle(Path(a.checkpoint), Path(a.out), metrics_json=[Path(p) for p in a.metrics or []],
+                        student=Path(a.student) if a.student else None, calibration=Path(a.calibration),
+                        int8_graphs=tuple(g for g in a.int8_graphs.split(",") if g))
     print(path)
+    return 0
+
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "assets" / "sample" / "ravdess_mini"
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """Until the live demo lands: the default bundle on the embedded RAVDESS sample, clip by clip."""
+    from mlsan_edge.config import EMOTIONS
+    from mlsan_edge.data.ravdess import load_ravdess
+    from mlsan_edge.evaluate import evaluate
+
+    res = evaluate(a.bundle, "ravdess", SAMPLE_DIR, stream=True, json_out=a.json, details=True, progress=False)
+    clips = load_ravdess(SAMPLE_DIR)
+    print(f"{'clip':28s} {'true':9s} {'predicted':9s}  p     trust text/audio/visual")
+    for row in res["predictions"]:
+        c = clips[row["row"]]
+        t = row["trust"]
+        print(f"{c.path.name:28s} {c.emotion:9s} {row['emotion']:9s} {row['p']:.2f}  "
+              f"{t['text']:.2f}/{t['audio']:.2f}/{t['visual']:.2f}")
+    print(f"accuracy {res['accuracy']:.1f}% on {res['n']} clips of an actor the default model was trained on "
+          f"(a smoke test, not a measurement: see README for speaker-disjoint figures)")
+    return 0
+
+
+def cmd_build_engine(a: argparse.Namespace) -> int:
+    """TensorRT engines for every stage graph of the bundle's model (int8 graphs where the bundle
+    has them, fp16 for the rest), each printed as its trtexec equivalent first."""
+    from mlsan_edge.packaging import import_export_tools
+
+    import_export_tools()
+    from export.tensorrt_engine import ensure_engine, profiles_from_spec, trtexec_command
+    from mlsan_edge.backends.select import onnx_role_for
+    from mlsan_edge.bundle import load_bundle
+    from mlsan_edge.runtime.stages import GRAPHS, MODELS
+
+    bundle = load_bundle(a.bundle)
+    model = a.model if a.model != "auto" else next((m for m in MODELS if bundle.variants(f"{m}.stage3")), None)
+    if model is None:
+        raise ValueError(f"bundle {bundle.root} has no stage graphs; roles: {bundle.roles}")
+    from export.tensorrt_engine import EngineBuildError, TensorRTUnavailable
+
+    for g in GRAPHS:
+        base = f"{model}.{g}"
+        p = a.precision if onnx_role_for(bundle, base, "tensorrt", a.precision) else "fp16"
+        role = onnx_role_for(bundle, base, "tensorrt", p)
+        print(trtexec_command(bundle.path(role), f"{base}-{p}.engine", p, profiles_from_spec(bundle.model_spec(role)),
+                              "timing.cache"), file=sys.stderr)
+        try:
+            print(ensure_engine(bundle, base, p, rebuild=a.rebuild))
+        except (TensorRTUnavailable, EngineBuildError) as e:
+            print(f"mlsan-edge build-engine: error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -112,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--text-encoder", default=None, help="text encoder ONNX (default: the default bundle's)")
     t.set_defaults(func=cmd_train)
 
+    k = sub.add_parser("distill", help="train the small student from a teacher's soft targets (needs [train])",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    k.add_argument("--teacher", required=True, help="teacher checkpoint folder (from `mlsan-edge train`)")
+    k.add_argument("--data", default=_default_data(), help="folder holding ravdess/ and meld/")
+    k.add_argument("--out", required=True, help="student checkpoint folder to write")
+    k.add_argument("--epochs", type=int, default=None, help="override the training length")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--actors", default=None, help="RAVDESS actors (default: the teacher's training actors)")
+    k.add_argument("--temperature", type=float, default=3.0, help="softmax temperature of the soft targets")
+    k.add_argument("--alpha", type=float, default=0.3, help="weight of the hard-label loss (1-alpha: soft)")
+    k.set_defaults(func=cmd_distill)
+
     e = sub.add_parser("eval", help="causal, speaker-disjoint evaluation; writes JSON + confusion PNG",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     e.add_argument("--bundle", default="default", help="bundle folder, checkpoint folder, or 'default'")
@@ -121,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stream", action="store_true", help="RAVDESS: each actor's clips in seeded shuffled order")
     e.add_argument("--seed", type=int, default=0, help="seed of the --stream order")
     e.add_argument("--json", default=None, help="write the metrics here (and OUT.confusion.png beside it)")
+    e.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                   help="auto: the bundle's stage graphs when it has them (TensorRT if engines exist), else torch")
+    e.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "int8"],
+                   help="auto: the best the bundle has for the backend (see backends/select.py)")
+    e.add_argument("--model", default="auto", choices=["auto", "student", "teacher"],
+                   help="which network of the bundle the ONNX backends run")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("crossval", help="leave-actors-out cross-validation and ablations (RAVDESS + MELD dev)",
@@ -147,7 +230,30 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--out", required=True, help="bundle folder (written atomically)")
     x.add_argument("--metrics", nargs="*", help="eval/crossval JSON files to record in the manifest")
+    x.add_argument("--student", default=None, help="distilled student checkpoint to add (fp32 + int8 graphs)")
+    x.add_argument("--calibration", default=str(Path(__file__).resolve().parents[1] / "calibration_data"),
+                   help="INT8 calibration folder (calibration_data/README.md)")
+    x.add_argument("--int8-graphs", default="speaker,stage2,stage3",
+                   help="student graphs to ship as INT8 ('' = none; graphs that fail the accuracy gate stay fp32)")
     x.set_defaults(func=cmd_export)
+
+    d = sub.add_parser("demo", help="run the default bundle on the embedded sample clips",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("--bundle", default="default")
+    d.add_argument("--json", default=None, help="also write the metrics and per-clip predictions here")
+    d.set_defaults(func=cmd_demo)
+
+    from mlsan_edge.runtime.commands import add_parsers as add_runtime_parsers  # run, speakers (no torch)
+
+    add_runtime_parsers(sub)
+
+    b = sub.add_parser("build-engine", help="build TensorRT engines for a bundle on this device (Jetson; minutes)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--bundle", default="default")
+    b.add_argument("--precision", default="int8", choices=["fp16", "int8", "fp32"])
+    b.add_argument("--model", default="auto", choices=["auto", "student", "teacher"])
+    b.add_argument("--rebuild", action="store_true", help="ignore cached engines")
+    b.set_defaults(func=cmd_build_engine)
 
     i = sub.add_parser("info", help="print a bundle's manifest as JSON")
     i.add_argument("--bundle", default="default")

