@@ -82,7 +82,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     path = write_bundle(Path(a.checkpoint), Path(a.out), metrics_json=[Path(p) for p in a.metrics or []],
                         student=Path(a.student) if a.student else None, calibration=Path(a.calibration),
-                        int8_graphs=tuple(g for g in a.int8_graphs.split(",") if g))
+                        int8_graphs=tuple(g for g in a.int8_graphs.split(",") if g),
+                        teacher_graphs=not a.no_teacher_graphs)
     print(path)
     return 0
 
@@ -235,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="INT8 calibration folder (calibration_data/README.md)")
     x.add_argument("--int8-graphs", default="speaker,stage2,stage3",
                    help="student graphs to ship as INT8 ('' = none; graphs that fail the accuracy gate stay fp32)")
+    x.add_argument("--no-teacher-graphs", action="store_true",
+                   help="with --student: leave the teacher's ONNX graphs out (its torch weights stay)")
     x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="run the default bundle on the embedded sample clips",

@@ -64,6 +64,7 @@ def distill(teacher, train_table, stats, student_cfg=None, cfg=None, kd: Distill
     student_cfg = student_cfg or replace(CONFIGS["student"], audio_dim=tc.audio_dim, visual_dim=tc.visual_dim,
                                          text_dim=tc.text_dim, voice_dim=tc.voice_dim, n_classes=tc.n_classes)
     torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     student = MLSAN(student_cfg)
     student.set_normalisation({m: (torch.tensor(stats.mean[m], dtype=torch.float32),
