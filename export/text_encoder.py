@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlsan_edge.features.text import ASSET_DIR, BATCH_INVARIANT_KEY, MAX_TOKENS, TextEncoder
+from mlsan_edge.features.text import BATCH_INVARIANT_KEY, MAX_TOKENS, TextEncoder
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -93,7 +92,6 @@ SAMPLE_DIR = Path(__file__).resolve().parent / "assets" / "sample" / "ravdess_mi
 
 def cmd_demo(a: argparse.Namespace) -> int:
     """Until the live demo lands: the default bundle on the embedded RAVDESS sample, clip by clip."""
-    from mlsan_edge.config import EMOTIONS
     from mlsan_edge.data.ravdess import load_ravdess
     from mlsan_edge.evaluate import evaluate
 

@@ -51,13 +51,12 @@ def distill(teacher, train_table, stats, student_cfg=None, cfg=None, kd: Distill
         (student, history) with history {"loss": [...], "kd": [...], "train_seconds": s}.
     """
     import torch
-    import torch.nn.functional as F
     from tqdm import tqdm
 
     from mlsan_edge.config import MODALITIES
-    from mlsan_edge.model.losses import class_weights, speaker_consistency_loss
+    from mlsan_edge.model.losses import class_weights
     from mlsan_edge.model.mlsan import MLSAN
-    from mlsan_edge.train import CONFIGS, TrainConfig, epoch_batches, to_torch
+    from mlsan_edge.train import CONFIGS, TrainConfig, batch_losses, epoch_batches, to_torch
 
     cfg = cfg or TrainConfig()
     tc = teacher.cfg
@@ -88,17 +87,10 @@ def distill(teacher, train_table, stats, student_cfg=None, cfg=None, kd: Distill
             with torch.no_grad():
                 t_logits = teacher(tb)["logits"]
             out = student(tb)
+            hard, s3 = batch_losses(out, tb, batch, train_table.speaker, is_meld, w_meld, speaker_ids, student_cfg, cfg)
             valid = tb["valid"]
-            labels, logits = tb["label"][valid], out["logits"][valid]
-            rows = batch["index"][batch["valid"]]
-            ce = F.cross_entropy(logits, labels, reduction="none")
-            weight = torch.where(torch.from_numpy(is_meld[rows]), w_meld[labels], torch.ones_like(ce))
-            hard = (ce * weight).sum() / weight.sum()
-            soft = kd_loss(logits, t_logits[valid], kd.temperature)
-            loss = kd.alpha * hard + (1 - kd.alpha) * soft
-            if student_cfg.use_stage3 and cfg.stage3_weight > 0:
-                spk = torch.tensor([speaker_ids[s] for s in train_table.speaker[rows]])
-                loss = loss + cfg.stage3_weight * speaker_consistency_loss(out["latent"][valid], labels, spk)
+            soft = kd_loss(out["logits"][valid], t_logits[valid], kd.temperature)
+            loss = kd.alpha * hard + (1 - kd.alpha) * soft + s3
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)

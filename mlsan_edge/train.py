@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +121,22 @@ def _pad(x: np.ndarray, T: int, fill) -> np.ndarray:
     return np.concatenate([x, pad])
 
 
+def batch_losses(out: dict, tb: dict, batch: dict, speakers: np.ndarray, is_meld: np.ndarray,
+                 w_meld: torch.Tensor, speaker_ids: dict, model_cfg: ModelConfig, cfg: TrainConfig):
+    """(class-weighted cross-entropy, weighted stage-3 term) of one batch; scalars."""
+    valid = tb["valid"]
+    labels, logits = tb["label"][valid], out["logits"][valid]
+    rows = batch["index"][batch["valid"]]
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    # MELD rows get the rare-class weights; RAVDESS is balanced already
+    weight = torch.where(torch.from_numpy(is_meld[rows]), w_meld[labels], torch.ones_like(ce))
+    hard = (ce * weight).sum() / weight.sum()
+    if not (model_cfg.use_stage3 and cfg.stage3_weight > 0):
+        return hard, hard.new_zeros(())
+    spk = torch.tensor([speaker_ids[s] for s in speakers[rows]])
+    return hard, cfg.stage3_weight * speaker_consistency_loss(out["latent"][valid], labels, spk)
+
+
 def fit(train: UtteranceTable, model_cfg: ModelConfig, cfg: TrainConfig = TrainConfig(),
         progress: bool = True) -> tuple[MLSAN, GlobalStats, dict]:
     """Train one network on `train` (any mix of corpora). Returns (model, global stats, history)."""
@@ -151,17 +167,8 @@ def fit(train: UtteranceTable, model_cfg: ModelConfig, cfg: TrainConfig = TrainC
                 break
             tb = to_torch({k: v for k, v in batch.items() if k not in ("index",)})
             out = model(tb)
-            valid = tb["valid"]
-            labels = tb["label"][valid]
-            logits = out["logits"][valid]
-            rows = batch["index"][batch["valid"]]
-            meld_rows = torch.from_numpy(is_meld[rows])
-            ce = F.cross_entropy(logits, labels, reduction="none")
-            weight = torch.where(meld_rows, w_meld[labels], torch.ones_like(ce))
-            loss = (ce * weight).sum() / weight.sum()
-            if model_cfg.use_stage3 and cfg.stage3_weight > 0:
-                spk = torch.tensor([speaker_ids[s] for s in train.speaker[rows]])
-                loss = loss + cfg.stage3_weight * speaker_consistency_loss(out["latent"][valid], labels, spk)
+            ce, s3 = batch_losses(out, tb, batch, train.speaker, is_meld, w_meld, speaker_ids, model_cfg, cfg)
+            loss = ce + s3
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

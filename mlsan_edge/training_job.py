@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 
 log = logging.getLogger(__name__)
 

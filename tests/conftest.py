@@ -24,3 +24,14 @@ def shared_data() -> Path:
     if not HAVE_DATA:
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (100x slower on a busy 2-core box)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

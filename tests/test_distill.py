@@ -19,12 +19,9 @@ if HAVE_TORCH:
     from test_stages import make_model, make_table, tiny
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+@pytest.fixture(autouse=True)
+def _one_thread(torch_one_thread):
+    """Every test here runs torch on one thread (conftest.torch_one_thread)."""
 
 
 def kl_to_teacher(teacher, student, table, stats) -> float:

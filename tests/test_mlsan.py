@@ -28,13 +28,9 @@ PROFILE_KEYS = ("profile_audio_mean", "profile_audio_var", "profile_visual_mean"
                 "profile_text_mean", "profile_conf", "voice", "mask_voice")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (100x slower on a busy 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+@pytest.fixture(autouse=True)
+def _one_thread(torch_one_thread):
+    """Every test here runs torch on one thread (conftest.torch_one_thread)."""
 
 
 def tiny_config(**overrides):

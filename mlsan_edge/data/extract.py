@@ -28,14 +28,12 @@ def file_sha(path: Path) -> str:
 
 
 def _audio_and_voice(path: str, voice_path: str | None) -> tuple[np.ndarray, np.ndarray]:
-    from mlsan_edge.features.voice import VoiceEncoder
-
     wav = load_audio(path)
     enc = _worker_voice(voice_path)
     return utterance_features(wav), enc.embed(wav)
 
 
-_VOICE = {}
+_VOICE = {}  # one encoder per worker process
 
 
 def _worker_voice(path):

@@ -37,7 +37,7 @@ import numpy as np
 
 from mlsan_edge.config import EMOTIONS, MODALITIES, SAMPLE_RATE, TEXT_DIM, VISUAL_DIM, VOICE_DIM
 from mlsan_edge.runtime.budgets import BudgetTracker, Budgets
-from mlsan_edge.runtime.events import STEPS, Event
+from mlsan_edge.runtime.events import Event
 from mlsan_edge.runtime.vad import Segmenter, VADConfig
 
 log = logging.getLogger(__name__)
