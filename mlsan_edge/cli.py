@@ -23,7 +23,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     res = run_training(data=Path(a.data), out=Path(a.out), config=a.config, epochs=a.epochs, seed=a.seed,
                        actors=_parse_actors(a.actors), use_meld=not a.no_meld, use_ravdess=not a.no_ravdess,
-                       text_encoder=a.text_encoder)
+                       text_encoder=a.text_encoder, ensemble=a.ensemble)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -57,7 +57,8 @@ def cmd_crossval(a: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown ablation {unknown}; valid: {', '.join(ABLATIONS)}")
     res = run_crossval(Path(a.data), variants=variants, folds=a.folds, seeds=[int(s) for s in a.seeds.split(",")],
-                       config=a.config, epochs=a.epochs, json_out=Path(a.json) if a.json else None)
+                       config=a.config, epochs=a.epochs, text_dropout=a.text_dropout, ensemble=a.ensemble,
+                       json_out=Path(a.json) if a.json else None)
     print(json.dumps(res["summary"], indent=2))
     return 0
 
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-meld", action="store_true", help="train on RAVDESS only")
     t.add_argument("--no-ravdess", action="store_true", help="train on MELD only")
     t.add_argument("--text-encoder", default=None, help="text encoder ONNX (default: the default bundle's)")
+    t.add_argument("--ensemble", type=int, default=None, help="seeds averaged in the teacher (default 3; student 1)")
     t.set_defaults(func=cmd_train)
 
     k = sub.add_parser("distill", help="train the small student from a teacher's soft targets (needs [train])",
@@ -212,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", default="0", help="comma-separated training seeds")
     c.add_argument("--ablations", default="full", help="comma-separated: full,no_stage1,no_stage2,no_stage3,no_speaker")
     c.add_argument("--config", default="teacher", choices=["teacher", "student"])
-    c.add_argument("--epochs", type=int, default=None)
+    c.add_argument("--epochs", type=int, default=None, help="override the training length")
+    c.add_argument("--text-dropout", type=float, default=None, help="override the model's text-input dropout")
+    c.add_argument("--ensemble", type=int, default=None, help="override the teacher's number of seeds (default 3)")
     c.add_argument("--json", default=None, help="write every run and the summary here")
     c.set_defaults(func=cmd_crossval)
 

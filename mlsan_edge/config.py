@@ -55,6 +55,7 @@ class ModelConfig:
     context_heads: int = 4
     context_layers: int = 1
     dropout: float = 0.3
+    text_dropout: float = 0.0  # dropout on the standardised text embedding (training only)
     n_classes: int = N_CLASSES
     # ablation switches: each stage can be turned off; `use_speaker=False` removes every
     # speaker input (voice embedding and profile statistics).

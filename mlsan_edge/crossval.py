@@ -31,9 +31,11 @@ N_ACTORS = 20
 
 
 def run_crossval(data: Path, variants=("full",), folds: int = 5, seeds=(0,), config: str = "teacher",
-                 epochs: int | None = None, json_out: Path | None = None, progress: bool = True) -> dict:
+                 epochs: int | None = None, text_dropout: float | None = None, ensemble: int | None = None,
+                 json_out: Path | None = None,
+                 progress: bool = True) -> dict:
     from mlsan_edge.data.streams import stream_order
-    from mlsan_edge.train import TrainConfig, concat_tables, fit, model_config, predict
+    from mlsan_edge.train import concat_tables, fit, model_config, predict, train_config
     from mlsan_edge.training_job import encoder_paths, load_training_tables
 
     enc = encoder_paths()
@@ -50,8 +52,10 @@ def run_crossval(data: Path, variants=("full",), folds: int = 5, seeds=(0,), con
                 t0 = time.time()
                 te = np.isin(rav.group, test_actors)
                 train = concat_tables([rav.subset(np.where(~te)[0]), meld_train])
-                mc = model_config(config, **ABLATIONS[variant])
-                tc = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
+                mc = model_config(config, **ABLATIONS[variant],
+                                  **({} if text_dropout is None else {"text_dropout": text_dropout}))
+                tc = train_config(config, seed=seed, **({} if epochs is None else {"epochs": epochs}),
+                                  **({} if ensemble is None else {"ensemble": ensemble}))
                 model, stats, _ = fit(train, mc, tc, progress=progress)
                 test = rav.subset(np.where(te)[0])
                 order = stream_order(test, shuffle_groups=set(np.unique(test.group).tolist()), seed=0)
@@ -61,7 +65,7 @@ def run_crossval(data: Path, variants=("full",), folds: int = 5, seeds=(0,), con
                 run = {"variant": variant, "seed": seed, "fold": k, "test_actors": test_actors.tolist(),
                        "ravdess_stream_accuracy": r_rav["accuracy"], "ravdess_weighted_f1": r_rav["weighted_f1"],
                        "meld_dev_weighted_f1": r_meld["weighted_f1"], "meld_dev_accuracy": r_meld["accuracy"],
-                       "seconds": round(time.time() - t0, 1)}
+                       "epochs": tc.epochs, "ensemble": tc.ensemble, "text_dropout": mc.text_dropout, "seconds": round(time.time() - t0, 1)}
                 runs.append(run)
                 log.info("%s", run)
                 pooled[variant]["rav"][0].append(test.label), pooled[variant]["rav"][1].append(p_rav)

@@ -118,7 +118,13 @@ def _backend_choice(bundle, backend: str, precision: str, model: str):
     path = resolve_bundle_path(bundle)
     has_graphs = (path / MANIFEST_NAME).exists() and any(
         r.endswith(".stage3.fp32") for r in load_bundle(path, verify=False).roles)
-    if backend == "torch" or (backend == "auto" and not has_graphs):
+    # auto: the most accurate model this machine can run. Evaluation is offline work, so with
+    # torch installed that is the teacher; on a torch-free device install, the ONNX student.
+    import importlib.util
+
+    torch_ok = importlib.util.find_spec("torch") is not None and model in ("auto", "teacher") and (
+        (path / "teacher" / "model.safetensors").exists() or (path / "model.json").exists())
+    if backend == "torch" or (backend == "auto" and (torch_ok or not has_graphs)):
         if precision not in ("auto", "fp32"):
             raise ValueError(f"the torch backend runs fp32 only, not {precision!r}; use --backend onnxruntime")
         return "torch", "fp32", None

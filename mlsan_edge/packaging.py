@@ -98,6 +98,11 @@ def write_bundle(checkpoint: Path, out: Path, metrics_json: list[Path] = (), nam
                 w.add_file(f"student/{f}", Path(student) / f)
         with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
             graphs = {k: m for k, (m, _) in models.items() if teacher_graphs or not student or k == "student"}
+            ensembles = [k for k, m in graphs.items() if hasattr(m, "members")]
+            if ensembles:
+                raise ValueError(f"{ensembles[0]} is an ensemble of {len(graphs[ensembles[0]].members)} networks and "
+                                 "has no single set of stage graphs: distil a student (`mlsan-edge distill`) and "
+                                 "export with --student S --no-teacher-graphs")
             w.metrics["export"] = add_stages_to_writer(w, Path(tmp), graphs, stats,
                                                        calibration=calib, int8=int8 if int8_graphs else (),
                                                        int8_graphs=int8_graphs)

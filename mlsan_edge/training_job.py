@@ -37,15 +37,16 @@ def load_training_tables(data: Path, enc: dict[str, Path], actors=None, use_meld
 
 def run_training(data: Path, out: Path, config: str = "teacher", epochs: int | None = None, seed: int = 0,
                  actors: list[int] | None = None, use_meld: bool = True, use_ravdess: bool = True,
-                 text_encoder: str | Path | None = None) -> dict:
+                 text_encoder: str | Path | None = None, ensemble: int | None = None) -> dict:
     from mlsan_edge.data.extract import file_sha
-    from mlsan_edge.train import TrainConfig, concat_tables, fit, model_config, save_checkpoint
+    from mlsan_edge.train import concat_tables, fit, model_config, save_checkpoint, train_config
 
     if not data.exists():
         raise FileNotFoundError(f"data folder not found: {data} (expected ravdess/ and meld/ as in ../shared/data)")
     enc = encoder_paths(text_encoder)
     train = concat_tables(load_training_tables(data, enc, actors, use_meld, use_ravdess))
-    tc = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
+    tc = train_config(config, seed=seed, **({} if epochs is None else {"epochs": epochs}),
+                      **({} if ensemble is None else {"ensemble": ensemble}))
     mc = model_config(config)
     model, stats, hist = fit(train, mc, tc)
     meta = {

@@ -268,3 +268,22 @@ def test_checkpoint_round_trip(trained, tmp_path):
         assert torch.equal(a[k], b[k])
     with pytest.raises(FileNotFoundError, match="not an ML-SAN checkpoint"):
         train.load_checkpoint(tmp_path / "elsewhere")
+
+
+def test_ensemble_averages_members_and_round_trips(tmp_path):
+    from mlsan_edge.model.ensemble import MLSANEnsemble
+
+    torch.manual_seed(0)
+    members = [MLSAN(tiny_config()).eval() for _ in range(3)]
+    ens = MLSANEnsemble(members).eval()
+    table = make_table(seed=3)
+    batch = make_batch(table)
+    with torch.no_grad():
+        out = ens(batch)
+        probs = torch.stack([torch.softmax(m(batch)["logits"], -1) for m in members]).mean(0)
+    assert torch.allclose(torch.exp(out["logits"]), probs, atol=1e-6)
+    train.save_checkpoint(tmp_path, ens, GlobalStats.fit(table), {})
+    loaded, _, doc = train.load_checkpoint(tmp_path)
+    assert doc["ensemble"] == 3 and isinstance(loaded, MLSANEnsemble)
+    with torch.no_grad():  # members are stored as float16: close, not identical
+        assert torch.allclose(torch.exp(loaded(batch)["logits"]), probs, atol=2e-3)

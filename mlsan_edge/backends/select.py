@@ -8,11 +8,11 @@ The rule for "auto" (documented here because it decides what runs on a device):
   with `mlsan-edge build-engine --bundle B --precision P`; backend="tensorrt" without an engine
   raises an error saying exactly that.
 - precision, TensorRT: int8 (from the QDQ ONNX) > fp16 (built from the fp32 ONNX) > fp32.
-- precision, onnxruntime: int8 > fp32 > fp16. A bundle ships `<model>.int8` only when it passed
-  the INT8 accuracy gate (within 1 point of fp32, issue 3), and onnxruntime's CPU kernels run
-  QDQ MatMul/Gemm/Conv as int8 (faster on ARM/x86 for our MatMul-heavy student, ~1.7x for the
-  text encoder in COMPONENTS.md). fp16 last: CPUs emulate it. Re-measure with the benchmarks
-  when the student changes; pass precision="fp32" to overrule.
+- precision, onnxruntime: fp32 > int8 > fp16. The student's stage graphs are so small (~0.1 ms)
+  that quantising and dequantising activations costs more than int8 MatMuls save: measured
+  slower in INT8 than FP32 on the CPU (benchmarks/results/stage_latency.json), and FP32 is the
+  more accurate. INT8 is for TensorRT, whose engines fuse Q/DQ. fp16 last: CPUs emulate it.
+  Pass precision="int8" to overrule; re-measure with the benchmarks when the student changes.
 
 Roles: a model appears in the manifest as `<base>.<precision>` ("student.fp32", "student.int8")
 or as a plain role ("vad", precision from its spec). Pass the base ("student") to let the
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "tensorrt")
 PRECISIONS: tuple[str, ...] = ("auto",) + MODEL_PRECISIONS
-ORT_PREFERENCE: tuple[str, ...] = ("int8", "fp32", "fp16")
+ORT_PREFERENCE: tuple[str, ...] = ("fp32", "int8", "fp16")
 TRT_PREFERENCE: tuple[str, ...] = ("int8", "fp16", "fp32")
 
 
