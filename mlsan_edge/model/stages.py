@@ -245,7 +245,11 @@ def random_inputs(model: MLSAN, batch: int = 2, seed: int = 0) -> dict[str, dict
 
 def stage_macs(model: MLSAN) -> dict[str, int]:
     """Multiply-accumulates per utterance of each graph, counted over its matrix products
-    (Linear layers and attention); elementwise ops, norms and softmax are not counted."""
+    (Linear layers and attention); elementwise ops, norms and softmax are not counted. An
+    ensemble costs the sum of its members."""
+    if hasattr(model, "members"):
+        per = [stage_macs(m) for m in model.members]
+        return {k: sum(p[k] for p in per) for k in per[0]}
     cfg = model.cfg
     H, W = cfg.hidden, history_len(model)
 
