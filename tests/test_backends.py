@@ -146,17 +146,17 @@ def test_create_backend_rejects_unknown_names(bundle):
 
 
 def test_auto_runs_onnxruntime_with_best_precision(bundle):
-    with create_backend(bundle, "student", threads=1) as b:
-        assert (b.name, b.precision) == ("onnxruntime", "int8")
+    with create_backend(bundle, "student", threads=1) as b:  # on the CPU, FP32 first (select.py)
+        assert (b.name, b.precision) == ("onnxruntime", "fp32")
         assert b.run(feeds())["probs"].shape == (2, CLASSES)
-    with create_backend(bundle.root, "student", precision="fp32") as b:
-        assert b.precision == "fp32" and b.path == bundle.path("student.fp32")
+    with create_backend(bundle.root, "student", precision="int8") as b:
+        assert b.precision == "int8" and b.path == bundle.path("student.int8")
     with create_backend(bundle, "vad") as b:
         assert b.precision == "fp32"
 
 
 def test_precision_choice_errors(bundle):
-    with pytest.raises(ValueError, match=r"no ONNX for 'student' at fp16; available for onnxruntime: \['int8', 'fp32'\]"):
+    with pytest.raises(ValueError, match=r"no ONNX for 'student' at fp16; available for onnxruntime: \['fp32', 'int8'\]"):
         plan_backend(bundle, "student", "onnxruntime", "fp16")
     with pytest.raises(ValueError, match="role 'student.int8' is int8; pass role='student'"):
         plan_backend(bundle, "student.int8", precision="fp32")

@@ -80,7 +80,7 @@ def test_bundle_roles_and_precision_fallback(tmp_path):
     assert "student.stage1.int8" not in b.roles
     st = Stages(path, backend="onnxruntime", precision="int8")
     assert st.precisions == {"speaker": "int8", "stage1": "fp32", "stage2": "int8", "stage3": "int8"}
-    assert Stages(path, backend="onnxruntime").precisions["stage2"] == "int8"  # auto: select.py's ORT rule
+    assert Stages(path, backend="onnxruntime").precisions["stage2"] == "fp32"  # auto: select.py's ORT rule
     p = st.speaker_params({k: v[0] for k, v in calibration(table)["speaker"].items() if k.startswith("profile")}, None)
     assert Stages.params_from_bytes(Stages.params_to_bytes(p)).keys() == p.keys()
 
