@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from mlsan_edge.bundle import BundleWriter
+from mlsan_edge.bundle import BundleWriter, default_provenance
 from mlsan_edge.config import (EMOTIONS, HOP_LENGTH, N_FFT, N_MELS, N_MFCC, SAMPLE_RATE, TEXT_DIM, VISUAL_DIM,
                                VOICE_DIM, WIN_LENGTH)
 
@@ -90,7 +90,7 @@ def write_bundle(checkpoint: Path, out: Path, metrics_json: list[Path] = (), nam
         metrics[m.stem] = json.loads(m.read_text())
     with BundleWriter(out, name=name or f"mlsan-{doc['model']['name']}", classes=list(EMOTIONS),
                       feature_contract=feature_contract(doc["model"]["audio_dim"]),
-                      provenance={"data": doc.get("data", {}), "train": doc.get("train", {})},
+                      provenance={**default_provenance(doc.get("data", {})), "train": doc.get("train", {})},
                       metrics=metrics) as w:
         for f in ("model.safetensors", "model.json"):
             w.add_file(f"teacher/{f}", checkpoint / f)
