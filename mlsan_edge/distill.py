@@ -56,7 +56,7 @@ def distill(teacher, train_table, stats, student_cfg=None, cfg=None, kd: Distill
     from mlsan_edge.config import MODALITIES
     from mlsan_edge.model.losses import class_weights
     from mlsan_edge.model.mlsan import MLSAN
-    from mlsan_edge.train import CONFIGS, TrainConfig, batch_losses, epoch_batches, to_torch
+    from mlsan_edge.train import CONFIGS, TrainConfig, batch_losses, epoch_batches, optimizer_step, to_torch
 
     cfg = cfg or TrainConfig()
     tc = teacher.cfg
@@ -91,11 +91,7 @@ def distill(teacher, train_table, stats, student_cfg=None, cfg=None, kd: Distill
             valid = tb["valid"]
             soft = kd_loss(out["logits"][valid], t_logits[valid], kd.temperature)
             loss = kd.alpha * hard + (1 - kd.alpha) * soft + s3
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            optimizer_step(loss, student, opt, sched)
             step += 1
             losses.append(loss.item())
             kds.append(soft.item())
@@ -111,9 +107,8 @@ def run_distill(teacher_dir: Path, data: Path, out: Path, epochs: int | None = N
                 actors: list[int] | None = None, kd: DistillConfig = DistillConfig(), use_meld: bool = True) -> dict:
     """`mlsan-edge distill`: the teacher's training corpora (its RAVDESS actors unless `actors`
     is given, so held-out actors stay held out), distil, save a checkpoint beside the teacher's format."""
-    from mlsan_edge.data.extract import file_sha
     from mlsan_edge.train import TrainConfig, concat_tables, load_checkpoint, save_checkpoint
-    from mlsan_edge.training_job import encoder_paths, load_training_tables
+    from mlsan_edge.training_job import data_meta, encoder_paths, load_training_tables
 
     teacher, stats, tdoc = load_checkpoint(teacher_dir)
     if not data.exists():
@@ -125,16 +120,9 @@ def run_distill(teacher_dir: Path, data: Path, out: Path, epochs: int | None = N
     train = concat_tables(load_training_tables(data, enc, actors, use_meld=use_meld))
     tc = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
     student, hist = distill(teacher, train, stats, cfg=tc, kd=kd)
-    meta = {
-        "train": asdict(tc), "distill": {**asdict(kd), "teacher": str(teacher_dir),
-                                          "teacher_n_params": teacher.n_params()},
-        "history": hist, "n_params": student.n_params(),
-        "data": {"corpora": train.corpus, "n_utterances": len(train),
-                 "ravdess_actors": sorted({int(g) for g, s in zip(train.group, train.speaker) if str(s).startswith("ravdess")}),
-                 "licence": "weights derived from RAVDESS (CC BY-NC-SA 4.0) and MELD (GPL-3.0)"},
-        "encoders": {k: str(v) for k, v in enc.items()},
-        "encoder_sha256": {k: file_sha(v) for k, v in enc.items()},
-    }
+    meta = {"train": asdict(tc), "distill": {**asdict(kd), "teacher": str(teacher_dir),
+                                             "teacher_n_params": teacher.n_params()},
+            "history": hist, "n_params": student.n_params(), **data_meta(train, enc)}
     save_checkpoint(out, student, stats, meta)
     log.info("wrote %s (%d parameters, teacher %d)", out, student.n_params(), teacher.n_params())
     return {"checkpoint": str(out), "n_params": student.n_params(), "teacher_n_params": teacher.n_params(),

@@ -146,6 +146,15 @@ def batch_losses(out: dict, tb: dict, batch: dict, speakers: np.ndarray, is_meld
     return hard, cfg.stage3_weight * speaker_consistency_loss(out["latent"][valid], labels, spk)
 
 
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, opt, sched) -> None:
+    """Backward, clip the gradient norm at 1, step the optimiser and the schedule."""
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+
+
 def fit(train: UtteranceTable, model_cfg: ModelConfig, cfg: TrainConfig = TrainConfig(),
         progress: bool = True) -> tuple[MLSAN, GlobalStats, dict]:
     """Train one network on `train` (any mix of corpora). Returns (model, global stats, history).
@@ -190,11 +199,7 @@ def fit(train: UtteranceTable, model_cfg: ModelConfig, cfg: TrainConfig = TrainC
             out = model(tb)
             ce, s3 = batch_losses(out, tb, batch, train.speaker, is_meld, w_meld, speaker_ids, model_cfg, cfg)
             loss = ce + s3
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            optimizer_step(loss, model, opt, sched)
             step += 1
             losses.append(loss.item())
         history["loss"].append(float(np.mean(losses)))

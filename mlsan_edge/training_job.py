@@ -35,10 +35,23 @@ def load_training_tables(data: Path, enc: dict[str, Path], actors=None, use_meld
     return tables
 
 
+def data_meta(train, enc: dict[str, Path]) -> dict:
+    """What a checkpoint records of its data and encoders (provenance; the bundle copies it)."""
+    from mlsan_edge.data.extract import file_sha
+
+    return {
+        "data": {"corpora": train.corpus, "n_utterances": len(train),
+                 "ravdess_actors": sorted({int(g) for g, s in zip(train.group, train.speaker)
+                                           if str(s).startswith("ravdess")}),
+                 "licence": "weights derived from RAVDESS (CC BY-NC-SA 4.0) and MELD (GPL-3.0)"},
+        "encoders": {k: str(v) for k, v in enc.items()},
+        "encoder_sha256": {k: file_sha(v) for k, v in enc.items()},
+    }
+
+
 def run_training(data: Path, out: Path, config: str = "teacher", epochs: int | None = None, seed: int = 0,
                  actors: list[int] | None = None, use_meld: bool = True, use_ravdess: bool = True,
                  text_encoder: str | Path | None = None, ensemble: int | None = None) -> dict:
-    from mlsan_edge.data.extract import file_sha
     from mlsan_edge.train import concat_tables, fit, model_config, save_checkpoint, train_config
 
     if not data.exists():
@@ -49,14 +62,7 @@ def run_training(data: Path, out: Path, config: str = "teacher", epochs: int | N
                       **({} if ensemble is None else {"ensemble": ensemble}))
     mc = model_config(config)
     model, stats, hist = fit(train, mc, tc)
-    meta = {
-        "train": asdict(tc), "history": hist, "n_params": model.n_params(),
-        "data": {"corpora": train.corpus, "n_utterances": len(train),
-                 "ravdess_actors": sorted({int(g) for g, s in zip(train.group, train.speaker) if str(s).startswith("ravdess")}),
-                 "licence": "weights derived from RAVDESS (CC BY-NC-SA 4.0) and MELD (GPL-3.0)"},
-        "encoders": {k: str(v) for k, v in enc.items()},
-        "encoder_sha256": {k: file_sha(v) for k, v in enc.items()},
-    }
+    meta = {"train": asdict(tc), "history": hist, "n_params": model.n_params(), **data_meta(train, enc)}
     save_checkpoint(out, model, stats, meta)
     log.info("wrote %s (%d parameters, %.0f s)", out, model.n_params(), hist["train_seconds"])
     return {"checkpoint": str(out), "n_params": model.n_params(), "train_seconds": hist["train_seconds"],
