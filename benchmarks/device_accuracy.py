@@ -38,7 +38,7 @@ def main(argv=None) -> int:
 
     from mlsan_edge.data.ravdess import load_ravdess
     from mlsan_edge.features.audio import load_audio
-    from mlsan_edge.runtime import load_runtime
+    from mlsan_edge.runtime import RuntimeConfig, load_runtime
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", default="default")
@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--actors", default="17,18,19,20")
     p.add_argument("--clips", type=int, default=15, help="clips per actor")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold", type=float, default=None, help="speaker-cache threshold (default: the cache's)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "device_accuracy.json"))
     a = p.parse_args(argv)
     rng = np.random.default_rng(a.seed)
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "stream.flac"
         sf.write(wav, np.concatenate(pieces), 16000)
-        with load_runtime(bundle=a.bundle, cache=None) as rt:
+        with load_runtime(bundle=a.bundle, cache=None, config=RuntimeConfig(speaker_threshold=a.threshold)) as rt:
             events = list(rt.stream(audio=f"file://{wav}"))
     matched = {}
     for e in events:  # each event goes to the clip it overlaps most
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
             matched[i] = e
     hits = [matched[i].emotion == chosen[i].emotion for i in matched]
     pur, cov = purity_coverage([chosen[i].actor for i in matched], [matched[i].speaker_id for i in matched])
-    res = {"bundle": a.bundle, "actors": actors, "clips": len(chosen), "events": len(events),
+    res = {"bundle": a.bundle, "speaker_threshold": a.threshold, "actors": actors, "clips": len(chosen), "events": len(events),
            "clips_with_event": round(len(matched) / len(chosen), 4),
            "emotion_accuracy_over_clips": round(100.0 * sum(hits) / len(chosen), 2),
            "emotion_accuracy_over_detected": round(100.0 * sum(hits) / max(len(matched), 1), 2),
