@@ -37,7 +37,7 @@ CONFIGS = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # 10: measured on the 5 folds, 18 epochs gave RAVDESS ~+1 point but MELD dev wF1 57.0 instead of
+    # 10: on 4 of the 5 folds, 18 epochs gave RAVDESS ~+1 point but MELD dev wF1 57.0 instead of
     # 58.2 (the tuned text encoder's train embeddings are easy to overfit)
     epochs: int = 10
     lr: float = 1e-3
