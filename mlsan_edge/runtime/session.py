@@ -15,9 +15,10 @@ audio features -> face features -> text -> FiLM/gate parameters (cached per prof
 stage 1 -> stage 2 -> stage 3 -> event -> profile update (after the prediction, as in training).
 One conversation (a `stream()` call or a `session()`) is one context history.
 
-`stream()` runs capture, VAD, processing and output on separate threads joined by bounded
-queues; when one fills, the oldest pending item is dropped and counted (`Event.dropped`), so
-memory never grows. Voice partials and face frames are processed while the person speaks.
+`stream()` (`stream.py`) runs capture, VAD, processing and output on separate threads joined
+by bounded queues; when one fills, the oldest pending item is dropped and counted
+(`Event.dropped`), so memory never grows. Voice partials and face frames are processed while
+the person speaks.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import logging
 import queue
 import threading
 import time
-import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,7 +38,7 @@ import numpy as np
 from mlsan_edge.config import EMOTIONS, MODALITIES, SAMPLE_RATE, TEXT_DIM, VISUAL_DIM, VOICE_DIM
 from mlsan_edge.runtime.budgets import BudgetTracker, Budgets
 from mlsan_edge.runtime.events import Event
-from mlsan_edge.runtime.vad import Segmenter, VADConfig
+from mlsan_edge.runtime.vad import VADConfig
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +395,9 @@ class Runtime:
             on_event: called with each event from the processing thread.
         """
         self._check_open()
-        return _Stream(self, audio, video, text if isinstance(text, TextSource) else TextSource(text), on_event).run()
+        from mlsan_edge.runtime.stream import LiveStream
+
+        return LiveStream(self, audio, video, text if isinstance(text, TextSource) else TextSource(text), on_event).run()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -506,234 +508,6 @@ class Session:
         self.close()
 
 
-# --- streams ------------------------------------------------------------------------------------
-def _is_live(uri: str | None) -> bool:
-    return uri is not None and (uri.split("://")[0] in LIVE_SCHEMES or "realtime=1" in uri)
-
-
-class _Stream:
-    """capture -> [audio queue] -> VAD + voice partials -> [utterance queue] -> model -> [event queue] -> caller,
-    and frames -> face analysis -> face buffer (read by the model thread)."""
-
-    def __init__(self, rt: Runtime, audio: str, video: str | None, text: TextSource, on_event) -> None:
-        self.rt, self.audio_uri, self.video_uri, self.text = rt, audio, video, text
-        self.on_event = on_event
-        c = rt.config
-        self.audio_q = DropOldestQueue(c.audio_queue)
-        self.utt_q = DropOldestQueue(c.utterance_queue)
-        self.event_q = DropOldestQueue(c.event_queue)
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self.conv = _Conversation(rt.stages)
-        self.conv.reset()
-        self.face_buf = None
-        self.video_done = threading.Event()
-        self.vad_t = 0.0  # stream time the VAD has reached
-        # live sources drop the oldest pending work under overload; recorded ones wait instead
-        self.live_audio = _is_live(audio)
-
-    def dropped(self) -> dict[str, int]:
-        return {"audio_chunks": self.audio_q.dropped, "utterances": self.utt_q.dropped, "events": self.event_q.dropped}
-
-    def run(self) -> Iterator[Event]:
-        from mlsan_edge.runtime.sources import open_audio, open_video
-
-        t0 = time.monotonic()
-        src = open_audio(self.audio_uri, t0=t0)
-        vsrc = None
-        if self.video_uri:
-            try:
-                vsrc = open_video(self.video_uri, t0=t0)
-            except Exception as e:
-                try:
-                    self._camera_failed(e)  # raises under "stop"
-                except RuntimeError:
-                    src.close()
-                    raise
-        threads = [threading.Thread(target=self._guard(self._capture, src), name="mlsan-capture", daemon=True),
-                   threading.Thread(target=self._guard(self._vad), name="mlsan-vad", daemon=True),
-                   threading.Thread(target=self._guard(self._model), name="mlsan-model", daemon=True)]
-        if vsrc is not None and self.rt.face_analyzer() is not None:
-            from mlsan_edge.runtime.face import FaceBuffer
-
-            self.face_buf = FaceBuffer(fps=self.rt.config.face_fps)
-            threads.append(threading.Thread(target=self._guard(self._video, vsrc), name="mlsan-video", daemon=True))
-        else:
-            self.video_done.set()
-            if vsrc is not None:
-                vsrc.close()
-        for th in threads:
-            th.start()
-        try:
-            while True:
-                try:
-                    ev = self.event_q.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                except EOFError:
-                    break
-                yield ev
-            if self.errors:
-                raise self.errors[0]
-        finally:
-            self.stop.set()
-            for q in (self.audio_q, self.utt_q, self.event_q):
-                q.close()
-            for th in threads:
-                th.join(timeout=5.0)
-            for s in (src, vsrc):  # normally closed by their threads already
-                if s is not None and not s.eos:
-                    try:
-                        s.close()
-                    except ValueError:  # a reader thread is still inside it (join timed out)
-                        log.warning("could not close %r: its reader thread is stuck", s)
-
-    def _guard(self, fn, *args):
-        def run():
-            try:
-                fn(*args)
-            except BaseException as e:  # surfaced in the caller's thread by run()
-                log.exception("%s failed", threading.current_thread().name)
-                self.errors.append(e)
-                self.stop.set()
-                self.event_q.close()
-        return run
-
-    def _camera_failed(self, e: BaseException) -> None:
-        if self.rt.config.on_camera_failure == "stop":
-            raise RuntimeError(f"camera {self.video_uri!r} failed ({e}); stopping (on_camera_failure='stop')") from e
-        msg = f"camera {self.video_uri!r} failed ({e}): running audio-only"
-        log.warning(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
-        self.conv.degraded.add("camera failed: audio-only")
-
-    # threads ----------------------------------------------------------------------------------
-    def _capture(self, src) -> None:
-        try:
-            while not self.stop.is_set():
-                chunk = src.read(timeout=0.5)
-                if chunk is None:
-                    if src.eos:
-                        break
-                    continue
-                self.audio_q.put(chunk, block=not self.live_audio)
-        finally:
-            self.audio_q.close()
-            src.close()  # in this thread: a file source's generator must not be closed from another
-
-    def _video(self, vsrc) -> None:
-        fa = self.rt.face_analyzer()
-        fa.reset()
-        period, next_t = 1.0 / self.rt.config.face_fps, -np.inf
-        lead = 5.0  # recorded video may run at most this far ahead of the audio path
-        live = _is_live(self.video_uri)
-        try:
-            while not self.stop.is_set():
-                try:
-                    frame = vsrc.read(timeout=0.5)
-                except Exception as e:
-                    self._camera_failed(e)
-                    return
-                if frame is None:
-                    if vsrc.eos:
-                        return
-                    continue
-                if frame.t < next_t:
-                    continue
-                next_t = frame.t + period * 0.999
-                while not live and frame.t > self.vad_t + lead and not self.stop.is_set() and not self.audio_q.closed:
-                    time.sleep(0.01)
-                self.face_buf.add(fa.analyze(frame.t, frame.image))
-        finally:
-            self.video_done.set()
-            vsrc.close()
-
-    def _vad(self) -> None:
-        from mlsan_edge.runtime.embedding import StreamingVoiceEmbedder
-
-        seg = Segmenter(self.rt.config.vad)
-        emb = StreamingVoiceEmbedder(self.rt.voice)
-        worst = 0.0
-
-        def emit(utt, t_end):
-            nonlocal worst
-            job = _Job(utt.audio, utt.start_s, utt.end_s, t_end, vad_ms=worst)
-            t = time.perf_counter()
-            try:
-                job.embedding = emb.finish(utt.audio)
-            except ValueError:  # silent audio: the model thread embeds (and fails) with a clear error
-                job.embedding = None
-            job.embed_ms = (time.perf_counter() - t) * 1000
-            self.utt_q.put(job, block=not self.live_audio)
-            worst = 0.0
-
-        try:
-            while not self.stop.is_set():
-                try:
-                    chunk = self.audio_q.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                except EOFError:
-                    break
-                t = time.perf_counter()
-                utt = seg.process(chunk.samples, chunk.t)
-                t_end = time.perf_counter()
-                worst = max(worst, (t_end - t) * 1000)
-                self.vad_t = chunk.t
-                if utt is not None:
-                    emit(utt, t_end)
-                elif seg.in_speech:
-                    pre = getattr(seg, "_pre", None)  # the padding the utterance will start with
-                    if pre is not None:
-                        emb.update(np.concatenate([pre, seg.partial()]))
-                else:
-                    emb.reset()
-            if not self.stop.is_set():
-                utt = seg.flush()
-                if utt is not None:
-                    emit(utt, time.perf_counter())
-        finally:
-            self.vad_t = np.inf
-            self.utt_q.close()
-
-    def _frames_for(self, job: _Job) -> Callable[[], tuple[list, float]] | None:
-        if self.face_buf is None:
-            return None
-
-        def get():
-            t = time.perf_counter()
-            limit = self.rt.config.video_wait_live_s if _is_live(self.video_uri) else self.rt.config.video_wait_file_s
-            while self.face_buf.latest_t < job.end_s and not self.video_done.is_set() and not self.stop.is_set():
-                if time.perf_counter() - t > limit:
-                    break
-                time.sleep(0.005)
-            return self.face_buf.window(job.start_s, job.end_s), (time.perf_counter() - t) * 1000
-        return get
-
-    def _model(self) -> None:
-        try:
-            while not self.stop.is_set():
-                try:
-                    job = self.utt_q.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                except EOFError:
-                    break
-                if not self.live_audio:
-                    # read faster than real time, a recording has no wall-clock "end of speech":
-                    # measure from when the model thread takes the utterance
-                    job.t_end = time.perf_counter() - job.embed_ms / 1000  # + the voice tail done before
-                    job.exclude_wait = True
-                with self.conv.lock:
-                    ev = self.rt._process(self.conv, job, self._frames_for(job), self.text, self.dropped())
-                if self.on_event is not None:
-                    _safe_call(self.on_event, ev)
-                self.event_q.put(ev, block=not self.live_audio)
-        finally:
-            self.event_q.close()
-
-
-# --- entry point --------------------------------------------------------------------------------
 def load_runtime(bundle: str = "default", backend: str = "auto", cache=None,
                  config: RuntimeConfig = RuntimeConfig(), precision: str = "auto") -> Runtime:
     """Load the stage graphs of a bundle and open (or create) the speaker cache.
