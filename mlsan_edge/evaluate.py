@@ -63,7 +63,9 @@ def evaluate(bundle: str | Path, dataset: str, data: str | Path, split: str = "d
 
     backend "torch" runs the bundle's teacher/ weights over whole streams (`train.predict`);
     "onnxruntime"/"tensorrt" run its stage graphs utterance by utterance with the same profile
-    replay (`runtime.stages.replay_table`); "auto" picks the graphs when the bundle has them."""
+    replay (`runtime.stages.replay_table`); "auto" picks the most accurate model this machine can
+    run: the teacher when torch is installed (and no other precision than fp32 was asked for),
+    else the bundle's student graphs."""
     from mlsan_edge.data.streams import stream_order
 
     backend, precision, stages = _backend_choice(bundle, backend, precision, model)
@@ -123,6 +125,7 @@ def _backend_choice(bundle, backend: str, precision: str, model: str):
     import importlib.util
 
     torch_ok = importlib.util.find_spec("torch") is not None and model in ("auto", "teacher") and (
+        precision in ("auto", "fp32")) and (
         (path / "teacher" / "model.safetensors").exists() or (path / "model.json").exists())
     if backend == "torch" or (backend == "auto" and (torch_ok or not has_graphs)):
         if precision not in ("auto", "fp32"):
