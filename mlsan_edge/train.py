@@ -102,7 +102,8 @@ def _modality_dropout(batch, is_rav: np.ndarray, cfg: TrainConfig, rng: np.rando
 
 
 def epoch_batches(train: UtteranceTable, stats: GlobalStats, cfg: TrainConfig, epoch: int, rng) -> list[dict]:
-    is_rav_group = {g for g in np.unique(train.group) if str(train.speaker[train.group == g][0]).startswith("ravdess")}
+    is_rav = np.char.startswith(train.speaker.astype(str), "ravdess")
+    is_rav_group = set(np.unique(train.group[is_rav]).tolist())  # one pass, not one scan per group
     packs = []
     for r in range(cfg.ravdess_repeats if is_rav_group else 1):
         order = stream_order(train, shuffle_groups=is_rav_group, seed=cfg.seed * 1000 + epoch * 10 + r)
