@@ -41,8 +41,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from mlsan_edge.evaluate import evaluate
 
     res = evaluate(a.bundle, a.dataset, a.data, split=a.split, stream=a.stream, json_out=a.json, seed=a.seed,
-                   backend=a.backend, precision=a.precision, model=a.model)
-    short = {k: res[k] for k in ("dataset", "split", "stream", "n", "accuracy", "weighted_f1", "macro_f1", "per_class_f1")}
+                   backend=a.backend, precision=a.precision, model=a.model, actors=_parse_actors(a.actors),
+                   modalities=tuple(a.modalities.split(",")))
+    short = {k: res[k] for k in ("dataset", "split", "stream", "modalities", "n", "accuracy", "weighted_f1", "macro_f1", "per_class_f1")}
     print(json.dumps(short, indent=2))
     if a.json:
         print(f"wrote {a.json} and {res['confusion_png']}", file=sys.stderr)
@@ -205,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the best the bundle has for the backend (see backends/select.py)")
     e.add_argument("--model", default="auto", choices=["auto", "student", "teacher"],
                    help="which network of the bundle the ONNX backends run")
+    e.add_argument("--actors", default=None,
+                   help="RAVDESS: only these actors, e.g. 17-20 or 1,3,5 (default: every actor under --data)")
+    e.add_argument("--modalities", default="text,audio,visual",
+                   help="what the model may see, e.g. 'audio' for what `mlsan-edge run` sees without camera or text")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("crossval", help="leave-actors-out cross-validation and ablations (RAVDESS + MELD dev)",

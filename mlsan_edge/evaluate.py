@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlsan_edge.config import EMOTIONS
+from mlsan_edge.config import EMOTIONS, MODALITIES
 from mlsan_edge.metrics import plot_confusion, report
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ def load_model(bundle: str | Path):
     return model, stats, meta, enc
 
 
-def evaluation_table(dataset: str, data: str | Path, split: str, encoders: dict, progress: bool = True):
+def evaluation_table(dataset: str, data: str | Path, split: str, encoders: dict, progress: bool = True,
+                     actors: list[int] | None = None):
     from mlsan_edge.data.extract import meld_table, ravdess_table
 
     if dataset not in DATASETS:
@@ -51,13 +52,17 @@ def evaluation_table(dataset: str, data: str | Path, split: str, encoders: dict,
     if not data.exists():
         raise FileNotFoundError(f"data folder not found: {data}")
     if dataset == "ravdess":
-        return ravdess_table(data, encoders.get("text_encoder"), encoders.get("voice_encoder"), progress=progress)
+        return ravdess_table(data, encoders.get("text_encoder"), encoders.get("voice_encoder"), actors=actors,
+                             progress=progress)
+    if actors:
+        raise ValueError("--actors selects RAVDESS actors; MELD has no actor numbers")
     return meld_table(data, split, encoders.get("text_encoder"), progress=progress)
 
 
 def evaluate(bundle: str | Path, dataset: str, data: str | Path, split: str = "dev", stream: bool = False,
              json_out: str | Path | None = None, seed: int = STREAM_SEED, progress: bool = True,
-             details: bool = False, backend: str = "auto", precision: str = "auto", model: str = "auto") -> dict:
+             details: bool = False, backend: str = "auto", precision: str = "auto", model: str = "auto",
+             actors: list[int] | None = None, modalities: tuple[str, ...] = MODALITIES) -> dict:
     """Run the model over a corpus causally and return the metrics dict (also written as JSON,
     with a confusion-matrix PNG beside it, when `json_out` is given).
 
@@ -79,7 +84,7 @@ def evaluate(bundle: str | Path, dataset: str, data: str | Path, split: str = "d
         b = stages.bundle
         meta = {"model": {"name": stages.model}}
         enc = {r: b.path(r) for r in ("text_encoder", "voice_encoder") if r in b.roles}
-    table = evaluation_table(dataset, data, split, enc, progress)
+    table = hide_modalities(evaluation_table(dataset, data, split, enc, progress, actors), modalities)
     shuffle = set(np.unique(table.group).tolist()) if (dataset == "ravdess" and stream) else None
     order = stream_order(table, shuffle_groups=shuffle, seed=seed)
     out = predict(net, table, order, stats) if stages is None else replay_table(stages, table, order)
@@ -89,7 +94,8 @@ def evaluate(bundle: str | Path, dataset: str, data: str | Path, split: str = "d
     res.update(dataset=dataset, split=split if dataset == "meld" else "all", stream=bool(stream), seed=seed,
                bundle=str(bundle), model=meta["model"]["name"], backend=backend,
                precision=precision if stages is None else dict(stages.precisions),
-               speakers=int(len(np.unique(table.speaker))),
+               speakers=int(len(np.unique(table.speaker))), modalities=list(modalities),
+               **({"actors": sorted(actors)} if actors else {}),
                mean_trust={m: round(float(out["trust"][present[:, i], i].mean()), 3) if present[:, i].any() else None
                            for i, m in enumerate(("text", "audio", "visual"))})
     if details:  # one record per utterance, in stream order
@@ -108,6 +114,21 @@ def evaluate(bundle: str | Path, dataset: str, data: str | Path, split: str = "d
         res["confusion_png"] = str(png)
         json_out.write_text(json.dumps(res, indent=2))
     return res
+
+
+def hide_modalities(table, modalities):
+    """The table with every modality outside `modalities` marked absent (its features zeroed);
+    without audio the voice embedding goes too (it is computed from the audio)."""
+    unknown = set(modalities) - set(MODALITIES)
+    if unknown or not modalities:
+        raise ValueError(f"modalities must be a non-empty subset of {', '.join(MODALITIES)}; got {list(modalities)}")
+    for m in MODALITIES:
+        if m not in modalities:
+            setattr(table, f"mask_{m}", np.zeros_like(getattr(table, f"mask_{m}")))
+            setattr(table, m, np.zeros_like(getattr(table, m)))
+    if "audio" not in modalities:
+        table.mask_voice, table.voice = np.zeros_like(table.mask_voice), np.zeros_like(table.voice)
+    return table
 
 
 def _backend_choice(bundle, backend: str, precision: str, model: str):
