@@ -28,12 +28,19 @@ def file_sha(path: Path) -> str:
 
 
 def _audio_and_voice(path: str, voice_path: str | None) -> tuple[np.ndarray, np.ndarray]:
-    wav = load_audio(path)
+    """Features of the speech in a clip as the device cuts it (its VAD), not of the whole file:
+    RAVDESS clips hold ~1 s of silence around the sentence, which the device never sees."""
+    from mlsan_edge.runtime.vad import SileroVAD, speech_span
+
+    if not _VAD:
+        _VAD.append(SileroVAD())
+    wav = speech_span(load_audio(path), vad=_VAD[0])
     enc = _worker_voice(voice_path)
     return utterance_features(wav), enc.embed(wav)
 
 
 _VOICE = {}  # one encoder per worker process
+_VAD = []  # and one VAD
 
 
 def _worker_voice(path):

@@ -280,3 +280,14 @@ def segment(wav: np.ndarray, config: VADConfig | None = None, vad=None) -> list[
         utts += seg.feed(np.zeros(CHUNK_SAMPLES - tail, np.float32))
     last = seg.flush()
     return utts + ([last] if last is not None else [])
+
+
+def speech_span(wav: np.ndarray, config: VADConfig | None = None, vad=None) -> np.ndarray:
+    """What the runtime would hand on of a one-sentence recording: from the first utterance's
+    start to the last one's end (VAD padding included), or all of `wav` when the VAD finds no
+    speech. Training features are computed on this, so they match what the device sees."""
+    utts = segment(wav, config, vad)
+    if not utts:
+        return wav
+    a, b = int(round(utts[0].start_s * SAMPLE_RATE)), int(round(utts[-1].end_s * SAMPLE_RATE))
+    return wav[a:b] if b - a >= CHUNK_SAMPLES else wav
