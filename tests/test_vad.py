@@ -151,3 +151,19 @@ def test_three_ravdess_clips_give_three_utterances(shared_data):
     assert len(utts) == 3
     for u, (s, e) in zip(utts, truth):
         assert abs(u.start_s - s) < 0.3 and abs(u.end_s - e) < 0.3
+
+
+def test_speech_span_cuts_the_silence_around_a_sentence():
+    from mlsan_edge.runtime.vad import speech_span
+
+    clip = load_audio(FIXTURE)
+    padded = np.concatenate([np.zeros(16000, np.float32), clip, np.zeros(16000, np.float32)])
+    span = speech_span(padded)
+    utts = segment(padded)
+    a, b = round(utts[0].start_s * 16000), round(utts[-1].end_s * 16000)
+    np.testing.assert_array_equal(span, padded[a:b])
+    s, e = speech_bounds(padded)
+    assert a / 16000 <= s + 0.15 and e - 0.15 <= b / 16000  # the speech is kept (VAD onset within 150 ms)
+    assert len(span) < len(clip)  # and the silence around it (the fixture's own too) is not
+    quiet = np.zeros(32000, np.float32)
+    assert speech_span(quiet) is quiet  # no speech found: the recording is kept whole
