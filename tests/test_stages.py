@@ -144,10 +144,11 @@ def _runtime_probs(stages, table: UtteranceTable, order: np.ndarray, stats: Glob
             prev_group, prev_spk = table.group[i], None
         p = profiles.setdefault(table.speaker[i], SpeakerProfile(dims=dims, voice_dim=table.voice.shape[1]))
         row = profile_row(p, stats)
-        p.update({m: getattr(table, m)[i] if getattr(table, f"mask_{m}")[i] else None for m in MODALITIES},
-                 voice=table.voice[i] if table.mask_voice[i] else None)
-        voice = p.voice_centroid() if table.mask_voice[i] else None
+        current = table.voice[i] if table.mask_voice[i] else None
+        voice = p.voice_centroid() if p.voice_count else current  # earlier utterances; else this one
         params = stages.params_from_bytes(stages.params_to_bytes(stages.speaker_params(row, voice)))
+        p.update({m: getattr(table, m)[i] if getattr(table, f"mask_{m}")[i] else None for m in MODALITIES},
+                 voice=current)
         cal = stages.stage1(table.audio[i] if table.mask_audio[i] else None,
                             table.visual[i] if table.mask_visual[i] else None, params)
         fused, trust = stages.stage2(table.text[i] if table.mask_text[i] else None, cal, params)

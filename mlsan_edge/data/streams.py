@@ -64,8 +64,10 @@ def profile_inputs(t: UtteranceTable, order: np.ndarray, stats: GlobalStats,
     """Per-utterance profile inputs, replaying `order` through one SpeakerProfile per speaker.
 
     Returns arrays aligned with the table rows: profile_{audio,visual}_{mean,var} (N, D),
-    profile_text_mean (N, D_t), profile_conf (N, 3), voice (N, D_s) = centroid of the speaker's
-    voice embeddings up to and including this utterance, mask_voice (N,).
+    profile_text_mean (N, D_t), profile_conf (N, 3), voice (N, D_s) =
+    `speaker_voice`, mask_voice (N,). Everything comes from the speaker's earlier utterances, so
+    the device computes a speaker's FiLM/gate parameters once after each utterance and reuses them
+    for the next one.
     """
     n = len(t)
     dims = {m: getattr(t, m).shape[1] for m in MODALITIES}
@@ -80,13 +82,22 @@ def profile_inputs(t: UtteranceTable, order: np.ndarray, stats: GlobalStats,
         row = profile_row(p, stats, prior)
         for k, v in row.items():
             out[k][i] = v
-        # the current voice embedding is observed now: the centroid may include it (causal)
+        v = speaker_voice(p, t.voice[i] if t.mask_voice[i] else None)
+        if v is not None:
+            out["voice"][i], out["mask_voice"][i] = v, True
         p.update({m: getattr(t, m)[i] if getattr(t, f"mask_{m}")[i] else None for m in MODALITIES},
                  voice=t.voice[i] if t.mask_voice[i] else None)
-        c = p.voice_centroid()
-        if c is not None and t.mask_voice[i]:
-            out["voice"][i], out["mask_voice"][i] = c, True
     return out
+
+
+def speaker_voice(p: SpeakerProfile, current: np.ndarray | None) -> np.ndarray | None:
+    """The voice input of the speaker network for the speaker's next utterance: the centroid of
+    their earlier voice embeddings, or, for a first utterance, its own embedding `current` (None
+    when there is neither). Training and device share this rule."""
+    c = p.voice_centroid()
+    if c is not None:
+        return c
+    return None if current is None else np.asarray(current, np.float32)
 
 
 def profile_row(p: SpeakerProfile, stats: GlobalStats, prior: float = PRIOR_COUNT) -> dict[str, np.ndarray]:

@@ -216,7 +216,7 @@ def replay_table(stages: Stages, table, order: np.ndarray) -> dict[str, np.ndarr
     does: one online profile per speaker (`mlsan_edge.profile`), one context history per stream
     (group), reset when the stream changes. Returns probs (N, C) and trust (N, 3) aligned with
     the table rows, like `train.predict`."""
-    from mlsan_edge.data.streams import profile_row
+    from mlsan_edge.data.streams import profile_row, speaker_voice
     from mlsan_edge.profile import SpeakerProfile
 
     dims = {m: getattr(table, m).shape[1] for m in MODALITIES}
@@ -228,11 +228,10 @@ def replay_table(stages: Stages, table, order: np.ndarray) -> dict[str, np.ndarr
             history.reset()
             prev_group, prev_speaker = table.group[i], None
         p = profiles.setdefault(table.speaker[i], SpeakerProfile(dims=dims, voice_dim=table.voice.shape[1]))
-        row = profile_row(p, stages.global_stats)
         has = {m: bool(getattr(table, f"mask_{m}")[i]) for m in MODALITIES}
-        p.update({m: getattr(table, m)[i] if has[m] else None for m in MODALITIES},
-                 voice=table.voice[i] if table.mask_voice[i] else None)
-        params = stages.speaker_params(row, p.voice_centroid() if table.mask_voice[i] else None)
+        voice = table.voice[i] if table.mask_voice[i] else None
+        params = stages.speaker_params(profile_row(p, stages.global_stats), speaker_voice(p, voice))
+        p.update({m: getattr(table, m)[i] if has[m] else None for m in MODALITIES}, voice=voice)
         cal = stages.stage1(table.audio[i] if has["audio"] else None, table.visual[i] if has["visual"] else None, params)
         fused, tr = stages.stage2(table.text[i] if has["text"] else None, cal, params)
         probs[i], _ = stages.stage3(fused, table.speaker[i] == prev_speaker, history)
