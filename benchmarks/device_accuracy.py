@@ -1,18 +1,29 @@
-"""Does the device path keep the model's accuracy? `Runtime.stream` on a RAVDESS stream.
+"""Does the device path keep the model's accuracy? `Runtime.stream` on a RAVDESS stream, beside `eval`.
 
-    python benchmarks/device_accuracy.py --bundle B [--actors 17,18,19,20] [--clips 15]
+    python benchmarks/device_accuracy.py --bundle B [--actors 17,18,19,20] [--clips 60]
 
 Clips of several actors (seeded shuffle, interleaved across actors) are joined with 1 s of
 silence into one FLAC and run through the runtime exactly as `mlsan-edge run --audio file://X`
 does: audio only, a fresh speaker cache, VAD segmentation, the cache's own speaker assignment.
-Each event is matched to the clip it overlaps. Reports the share of clips with an event, emotion
-accuracy over clips, and speaker purity/coverage (clusters vs actors). Use a bundle trained
-without these actors. Writes benchmarks/results/device_accuracy.json.
+Each event is matched to the clip it overlaps. Reported:
+
+* device: share of clips with an event, emotion accuracy over clips, speaker purity/coverage;
+* eval: `mlsan-edge eval --actors ... --stream --modalities audio` with the bundle's ONNX
+  student — the same network and front-end, but each actor a separate stream with its true
+  identity;
+* replay: the eval's features replayed in the device's stream order (one interleaved stream,
+  `replay_table`), once with the true actors as speakers and once with the speakers the device
+  assigned. Device vs replay-with-device-speakers isolates what the live front-end changes;
+  replay-true vs replay-device isolates what speaker clustering costs; eval vs replay-true what
+  the interleaving (and its shared context window) costs.
+
+Use a bundle trained without these actors. Writes benchmarks/results/device_accuracy.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 from collections import Counter
@@ -33,10 +44,27 @@ def purity_coverage(truth: list[int], pred: list[int]) -> tuple[float, float]:
     return pur, cov
 
 
+def replay_accuracy(bundle: str, table, rows: list[int], speakers: list[str]) -> float:
+    """Accuracy (%) of `replay_table` over `rows` in that order as one stream, audio only, with
+    `speakers` as the identities."""
+    from mlsan_edge.evaluate import hide_modalities
+    from mlsan_edge.runtime.stages import Stages, replay_table
+
+    t = hide_modalities(copy.deepcopy(table), ("audio",))
+    t.group = np.zeros_like(t.group)
+    t.speaker = t.speaker.astype(object)
+    for r, s in zip(rows, speakers):
+        t.speaker[r] = s
+    t.speaker = t.speaker.astype(str)
+    out = replay_table(Stages(bundle, backend="onnxruntime"), t, np.asarray(rows))
+    return round(100.0 * float(np.mean(out["probs"][rows].argmax(1) == t.label[rows])), 2)
+
+
 def main(argv=None) -> int:
     import soundfile as sf
 
     from mlsan_edge.data.ravdess import load_ravdess
+    from mlsan_edge.evaluate import evaluate
     from mlsan_edge.features.audio import load_audio
     from mlsan_edge.runtime import RuntimeConfig, load_runtime
 
@@ -44,9 +72,10 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", default="default")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "ravdess"))
     p.add_argument("--actors", default="17,18,19,20")
-    p.add_argument("--clips", type=int, default=15, help="clips per actor")
+    p.add_argument("--clips", type=int, default=60, help="clips per actor (60 = all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threshold", type=float, default=None, help="speaker-cache threshold (default: the cache's)")
+    p.add_argument("--threshold", type=float, default=None, help="speaker-cache threshold (default: the tuned one)")
+    p.add_argument("--speaker-scoring", default="cosine", choices=["cosine", "scorer"])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "device_accuracy.json"))
     a = p.parse_args(argv)
     rng = np.random.default_rng(a.seed)
@@ -54,35 +83,54 @@ def main(argv=None) -> int:
     clips = load_ravdess(a.data, actors)
     chosen = []
     for ac in actors:
-        mine = [c for c in clips if c.actor == ac]
+        mine = [i for i, c in enumerate(clips) if c.actor == ac]
         chosen += [mine[i] for i in rng.permutation(len(mine))[:a.clips]]
     chosen = [chosen[i] for i in rng.permutation(len(chosen))]
     silence = np.zeros(16000, np.float32)
     pieces, spans, t = [silence], [], 1.0
-    for c in chosen:
-        w = load_audio(c.path)
+    for i in chosen:
+        w = load_audio(clips[i].path)
         spans.append((t, t + len(w) / 16000))
         pieces += [w, silence]
         t += len(w) / 16000 + 1.0
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "stream.flac"
         sf.write(wav, np.concatenate(pieces), 16000)
-        with load_runtime(bundle=a.bundle, cache=None, config=RuntimeConfig(speaker_threshold=a.threshold)) as rt:
+        config = RuntimeConfig(speaker_threshold=a.threshold, speaker_scoring=a.speaker_scoring)
+        with load_runtime(bundle=a.bundle, cache=None, config=config) as rt:
             events = list(rt.stream(audio=f"file://{wav}"))
     matched = {}
     for e in events:  # each event goes to the clip it overlaps most
         overlap = [max(0.0, min(e.end_s, hi) - max(e.start_s, lo)) for lo, hi in spans]
-        i = int(np.argmax(overlap))
-        if overlap[i] > 0 and i not in matched:
-            matched[i] = e
-    hits = [matched[i].emotion == chosen[i].emotion for i in matched]
-    pur, cov = purity_coverage([chosen[i].actor for i in matched], [matched[i].speaker_id for i in matched])
-    res = {"bundle": a.bundle, "speaker_threshold": a.threshold, "actors": actors, "clips": len(chosen), "events": len(events),
-           "clips_with_event": round(len(matched) / len(chosen), 4),
-           "emotion_accuracy_over_clips": round(100.0 * sum(hits) / len(chosen), 2),
-           "emotion_accuracy_over_detected": round(100.0 * sum(hits) / max(len(matched), 1), 2),
-           "speakers_found": len({e.speaker_id for e in events}), "speaker_purity": round(pur, 4),
-           "speaker_coverage": round(cov, 4)}
+        k = int(np.argmax(overlap))
+        if overlap[k] > 0 and k not in matched:
+            matched[k] = e
+    hits = [matched[k].emotion == clips[chosen[k]].emotion for k in matched]
+    pur, cov = purity_coverage([clips[chosen[k]].actor for k in matched], [matched[k].speaker_id for k in matched])
+    device = {"clips": len(chosen), "events": len(events), "clips_with_event": round(len(matched) / len(chosen), 4),
+              "emotion_accuracy_over_clips": round(100.0 * sum(hits) / len(chosen), 2),
+              "emotion_accuracy_over_detected": round(100.0 * sum(hits) / max(len(matched), 1), 2),
+              "speakers_found": len({e.speaker_id for e in events}), "speaker_purity": round(pur, 4),
+              "speaker_coverage": round(cov, 4)}
+
+    ev = evaluate(a.bundle, "ravdess", a.data, stream=True, actors=actors, modalities=("audio",),
+                  backend="onnxruntime", model="student", progress=False)
+    # the eval's table rows are the clips in load_ravdess order, which `clips` shares
+    from mlsan_edge.data.extract import ravdess_table
+    from mlsan_edge.runtime.stages import Stages
+
+    enc = Stages(a.bundle, backend="onnxruntime").bundle
+    table = ravdess_table(a.data, enc.path("text_encoder"), enc.path("voice_encoder"), actors=actors, progress=False)
+    rows = [chosen[k] for k in sorted(matched)]
+    replay = {"true_speakers": replay_accuracy(a.bundle, table, rows, [f"actor{clips[r].actor}" for r in rows]),
+              "device_speakers": replay_accuracy(a.bundle, table, rows,
+                                                 [f"spk{matched[k].speaker_id}" for k in sorted(matched)])}
+    res = {"bundle": a.bundle, "speaker_scoring": a.speaker_scoring, "speaker_threshold": a.threshold, "actors": actors, "clips_per_actor": a.clips,
+           "seed": a.seed, "device": device,
+           "eval": {"accuracy": ev["accuracy"], "n": ev["n"], "command": f"mlsan-edge eval --bundle {a.bundle} "
+                    f"--dataset ravdess --data {a.data} --actors {a.actors} --stream --modalities audio "
+                    "--backend onnxruntime --model student"},
+           "replay_in_device_order": replay}
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
     return 0

@@ -67,6 +67,7 @@ def write_bundle(checkpoint: Path, out: Path, metrics_json: list[Path] = (), nam
 
     import_export_tools()
     from export.onnx_export import QUANTISED_GRAPHS, add_stages_to_writer, load_calibration
+    from mlsan_edge.runtime.voice_scorer import SCORER_FILE
     from mlsan_edge.train import load_checkpoint
 
     doc = json.loads((checkpoint / "model.json").read_text())
@@ -121,6 +122,11 @@ def write_bundle(checkpoint: Path, out: Path, metrics_json: list[Path] = (), nam
                             {"name": "sr", "shape": [], "dtype": "int64"}],
                     outputs=[{"name": "output", "shape": [1, 1], "dtype": "float32"},
                              {"name": "stateN", "shape": [2, 1, 128], "dtype": "float32"}])
+        scorer = checkpoint / "voice_scorer.npz"
+        if scorer.exists():  # the speaker cache's voice scorer (fitted on the RAVDESS training voices)
+            w.add_file(SCORER_FILE, scorer)
+        else:
+            log.warning("%s has no voice_scorer.npz: the runtime will match speakers by plain cosine", checkpoint)
         w.add_file("LICENSES.md", _licence_text())
     return out
 

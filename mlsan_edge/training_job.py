@@ -6,6 +6,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,18 @@ def data_meta(train, enc: dict[str, Path]) -> dict:
     }
 
 
+def fit_voice_scorer(train):
+    """The speaker cache's `VoiceScorer`, fitted on the training table's RAVDESS voices (many
+    emotions per speaker is what it learns to ignore); None without RAVDESS actors."""
+    from mlsan_edge.runtime.voice_scorer import VoiceScorer
+
+    rows = train.mask_voice & np.char.startswith(train.speaker.astype(str), "ravdess")
+    if len(np.unique(train.speaker[rows])) < 2:
+        log.warning("fewer than 2 RAVDESS speakers in the training data: no voice scorer (plain cosine matching)")
+        return None
+    return VoiceScorer.fit(train.voice[rows], train.speaker[rows])
+
+
 def run_training(data: Path, out: Path, config: str = "teacher", epochs: int | None = None, seed: int = 0,
                  actors: list[int] | None = None, use_meld: bool = True, use_ravdess: bool = True,
                  text_encoder: str | Path | None = None, ensemble: int | None = None) -> dict:
@@ -64,6 +77,9 @@ def run_training(data: Path, out: Path, config: str = "teacher", epochs: int | N
     model, stats, hist = fit(train, mc, tc)
     meta = {"train": asdict(tc), "history": hist, "n_params": model.n_params(), **data_meta(train, enc)}
     save_checkpoint(out, model, stats, meta)
+    scorer = fit_voice_scorer(train)
+    if scorer is not None:
+        scorer.save(Path(out) / "voice_scorer.npz")
     log.info("wrote %s (%d parameters, %.0f s)", out, model.n_params(), hist["train_seconds"])
     return {"checkpoint": str(out), "n_params": model.n_params(), "train_seconds": hist["train_seconds"],
             "final_loss": round(hist["loss"][-1], 4)}

@@ -86,19 +86,24 @@ def test_push_session_params_cached_and_profile_updated():
     with make_runtime(stages) as rt, rt.session() as s:
         ev = s.process(utt, 16000, text="hello there")
         assert ev.modalities == ["text", "audio"] and ev.text == "hello there"
-        assert stages.calls["speaker_params"] == 1 and not ev.params_cached
+        # a new speaker: computed for this utterance, then again from the updated profile for the next
+        assert stages.calls["speaker_params"] == 2 and not ev.params_cached
         sid = ev.speaker_id
         prof = rt.cache.get_profile(sid)
         assert prof.stats["audio"].count == 1 and prof.stats["text"].count == 1 and prof.latent_count == 1
-        # params were cached for the version they were computed from; the update then moved it on
-        assert rt.cache.get_params(sid) is None
+        assert rt.cache.get_params(sid) is not None  # cached for the profile version after the update
+        version = rt.cache.profile_version(sid)
         ev2 = s.process((utt * 32767).astype(np.int16), 16000)  # int16 is scaled, same voice
         assert ev2.speaker_id == sid and ev2.start_s == pytest.approx(ev.end_s)
         assert stages.seen_same_prev == [False, True]
-        # an unchanged profile reuses the cached parameters
-        row = rt.cache.profile_version(sid)
-        rt.cache.put_params(sid, stages.params_to_bytes({"film": np.ones(8, np.float32)}), row)
-        assert rt.cache.get_params(sid) is not None
+        # the known speaker's utterance used the cached parameters: one computation, after it
+        assert ev2.params_cached and stages.calls["speaker_params"] == 3
+        assert rt.cache.profile_version(sid) == version + 1 and rt.cache.get_params(sid) is not None
+        # a profile changed behind the session's back makes the cached parameters stale
+        rt.cache.put_profile(sid, rt.cache.get_profile(sid))
+        assert rt.cache.get_params(sid) is None
+        ev3 = s.process(utt, 16000)
+        assert ev3.speaker_id == sid and not ev3.params_cached
 
 
 def test_push_session_resamples_and_reports_missing_face():

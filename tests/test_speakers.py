@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mlsan_edge.profile import SpeakerProfile
+from mlsan_edge.config import VOICE_DIM
 from mlsan_edge.runtime.speakers import DEFAULT_THRESHOLD, SpeakerCache
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "speech_ravdess_a01.flac"
@@ -71,7 +72,7 @@ def cache(tmp_path):
 
 def test_identify_new_then_known(cache, voices):
     first = cache.identify(voices[0][0])
-    assert first.is_new and first.speaker_id is not None and first.similarity == -1.0
+    assert first.is_new and first.speaker_id is not None and first.similarity == float("-inf")
     again = cache.identify(voices[0][1])
     assert not again.is_new and again.speaker_id == first.speaker_id and again.similarity >= DEFAULT_THRESHOLD
     other = cache.identify(voices[1][0])
@@ -275,3 +276,45 @@ def test_concurrent_use_from_threads(tmp_path):
 def test_profile_type_round_trip(cache, voices):
     sid = cache.identify(voices[0][0]).speaker_id
     assert isinstance(cache.get_profile(sid), SpeakerProfile)
+
+
+def _geom(*coef):
+    """Unit vectors c + k e2 in 256-d (c = e1): one speaker, spread along one 'emotion' axis."""
+    out = []
+    for k in coef:
+        v = np.zeros(VOICE_DIM, np.float32)
+        v[0], v[1] = 1.0, k
+        out.append(v / np.linalg.norm(v))
+    return out
+
+
+def test_a_splinter_is_merged_back_once_the_centroid_settles():
+    first, *rest = _geom(0.45, -0.2, *[0.0] * 8)  # an atypical first utterance, then typical ones
+    for auto in (True, False):
+        cache = SpeakerCache(":memory:", threshold=0.9, auto_merge=auto)
+        ids = [cache.identify(first).speaker_id] + [cache.identify(e).speaker_id for e in rest]
+        assert ids[1] != ids[0]  # the first utterance is too far from the next: split at first
+        if auto:
+            assert len(cache) == 1 and ids[-1] == ids[1]  # folded into the larger speaker
+            info = cache.list()[0]
+            assert info.voice_count == len(rest) + 1 and info.utterances == len(rest) + 1
+        else:
+            assert len(cache) == 2
+
+
+def test_auto_merge_never_joins_two_named_speakers_and_keeps_the_named_one():
+    a0, c = _geom(0.45, 0.0)
+    cache = SpeakerCache(":memory:", threshold=0.9)
+    x, y = cache.enroll("x", [a0]), cache.enroll("y", [c])
+    for _ in range(5):
+        cache.identify(c)
+    assert {s.name for s in cache.list()} == {"x", "y"}
+    # an unnamed splinter that fits a named speaker is absorbed by it
+    cache2 = SpeakerCache(":memory:", threshold=0.9)
+    first, *rest = _geom(0.45, -0.2, *[0.0] * 8)
+    cache2.identify(first)
+    named = cache2.identify(rest[0]).speaker_id
+    cache2.rename(named, "ann")
+    for e in rest[1:]:
+        cache2.identify(e)
+    assert [s.name for s in cache2.list()] == ["ann"]

@@ -23,6 +23,13 @@ def add_parsers(sub) -> None:
     r.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
     r.add_argument("--on-camera-failure", default="audio_only", choices=["audio_only", "stop"])
     r.add_argument("--budget-policy", default="warn", choices=["warn", "degrade"])
+    r.add_argument("--speaker-scoring", default="cosine", choices=["cosine", "scorer"],
+                   help="cosine: GE2E cosine, robust across recording conditions; scorer: the bundle's "
+                        "emotion-robust scorer, fewer splits on studio speech like RAVDESS but it merges "
+                        "speakers recorded elsewhere (README, Speaker cache)")
+    r.add_argument("--speaker-threshold", type=float, default=None,
+                   help="match score at which a voice is a known speaker (default: the tuned value of the "
+                        "chosen scoring; higher splits more, lower merges more)")
     r.add_argument("--no-face", action="store_true", help="ignore the video's faces")
     r.set_defaults(func=run_command)
 
@@ -40,7 +47,8 @@ def run_command(a: argparse.Namespace) -> int:
     from mlsan_edge.runtime import session as S
 
     config = S.RuntimeConfig(on_camera_failure=a.on_camera_failure, budget_policy=a.budget_policy,
-                             face="none" if a.no_face else "auto")
+                             face="none" if a.no_face else "auto", speaker_threshold=a.speaker_threshold,
+                             speaker_scoring=a.speaker_scoring)
     text = S.TextSource.from_file(a.text_from)
     out = sys.stdout if a.events == "-" else open(a.events, "w", encoding="utf-8")
     n = 0

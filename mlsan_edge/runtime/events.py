@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 # Timed steps, in pipeline order. `total_after_end` runs from the utterance's end being known
 # (the VAD chunk that closed it, or `Session.process` being called) to the event being ready.
 STEPS: tuple[str, ...] = ("vad", "embedding", "cache", "audio_features", "face", "text",
@@ -18,7 +20,9 @@ class Event:
     Attributes:
         start_s, end_s: utterance bounds, seconds from the stream (or session) start.
         speaker_id: the speaker cache's id; speaker_name its display name or None.
-        speaker_similarity: cosine of the voice to the matched speaker's centroid (-1: first speaker).
+        speaker_similarity: the speaker cache's score of the voice against the nearest known speaker
+            (cosine; the VoiceScorer's AS-norm score with speaker_scoring="scorer"); None when no
+            speaker was known yet.
         new_speaker: True when this utterance created the speaker.
         emotion: the most probable of the 7 classes; probs: class -> probability.
         trust: modality -> stage-2 weight; modalities: the modalities present, in model order.
@@ -34,7 +38,7 @@ class Event:
     end_s: float
     speaker_id: int | None
     speaker_name: str | None
-    speaker_similarity: float
+    speaker_similarity: float | None
     emotion: str
     probs: dict[str, float]
     trust: dict[str, float]
@@ -55,7 +59,8 @@ class Event:
         """One line of JSON (floats rounded: ms to 0.01, probabilities to 1e-4)."""
         d = self.to_dict()
         d["start_s"], d["end_s"] = round(self.start_s, 3), round(self.end_s, 3)
-        d["speaker_similarity"] = round(float(self.speaker_similarity), 4)
+        sim = self.speaker_similarity
+        d["speaker_similarity"] = round(float(sim), 4) if sim is not None and np.isfinite(sim) else None
         d["probs"] = {k: round(float(v), 4) for k, v in self.probs.items()}
         d["trust"] = {k: round(float(v), 4) for k, v in self.trust.items()}
         d["timings_ms"] = {k: round(float(v), 2) for k, v in self.timings_ms.items()}

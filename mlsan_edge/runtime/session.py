@@ -42,6 +42,7 @@ from mlsan_edge.runtime.vad import VADConfig
 
 log = logging.getLogger(__name__)
 
+SPEAKER_SCORING = ("cosine", "scorer")
 CAMERA_POLICIES = ("audio_only", "stop")
 LIVE_SCHEMES = ("mic", "camera", "csi")
 
@@ -58,7 +59,12 @@ class RuntimeConfig:
     face: str = "auto"  # "auto" (landmarks when a TFLite interpreter exists), "none", or a .tflite path
     face_fps: float = 10.0  # frames analysed per second of video (the rest are skipped)
     face_max_width: int = 320  # face detection runs on a copy at most this wide (px)
-    speaker_threshold: float | None = None  # cosine for "same speaker"; None: the cache's default
+    # how voices are matched: "cosine" (GE2E cosine; works across recording conditions) or "scorer"
+    # (the bundle's VoiceScorer: emotion directions projected out + AS-norm against RAVDESS
+    # voices; far fewer splits on RAVDESS-like studio speech, but it merges speakers recorded
+    # under other conditions, e.g. GRID: README "Speaker cache")
+    speaker_scoring: str = "cosine"
+    speaker_threshold: float | None = None  # match score for "same speaker"; None: the tuned default
     audio_queue: int = 512  # 512-sample chunks between capture and VAD (16 s)
     utterance_queue: int = 8  # utterances waiting for the model
     event_queue: int = 64  # events waiting for the caller
@@ -71,6 +77,8 @@ class RuntimeConfig:
             raise ValueError(f"unknown on_camera_failure {self.on_camera_failure!r}; valid: {', '.join(CAMERA_POLICIES)}")
         if self.face_fps <= 0:
             raise ValueError(f"face_fps must be > 0, got {self.face_fps}")
+        if self.speaker_scoring not in SPEAKER_SCORING:
+            raise ValueError(f"unknown speaker_scoring {self.speaker_scoring!r}; valid: {', '.join(SPEAKER_SCORING)}")
 
 
 class DropOldestQueue:
@@ -264,8 +272,6 @@ class Runtime:
     def _process(self, conv: _Conversation, job: _Job, face_frames: Callable[[], tuple[list, float]] | None,
                  text_source: TextSource | None, dropped: dict[str, int]) -> Event:
         """Run one utterance through the model; returns its event (profile updated afterwards)."""
-        from mlsan_edge.data.streams import profile_row
-        from mlsan_edge.profile import ModalityStats
         from mlsan_edge.runtime.face import visual_features
 
         tm: dict[str, float] = {"vad": job.vad_ms}
@@ -288,20 +294,15 @@ class Runtime:
         t = clock()
         match = self.cache.identify(emb)
         sid = match.speaker_id
-        profile = self.cache.get_profile(sid)
-        for m, d in self.dims.items():
-            profile.stats.setdefault(m, ModalityStats(d))  # e.g. a speaker enrolled with voice only
-        version = self.cache.profile_version(sid)
+        # FiLM/gate parameters come from the speaker's earlier utterances (`speaker_voice`), so
+        # they were computed and cached after the speaker's previous utterance; only a new (or
+        # enrolled, imported, merged) speaker needs them computed now
         blob = self.cache.get_params(sid)
         params_cached = blob is not None
-        with self._model_lock:
-            if params_cached:
-                params = self.stages.params_from_bytes(blob)
-            else:  # the profile changed since the last computation: recompute and cache
-                params = self.stages.speaker_params(profile_row(profile, self.stages.global_stats),
-                                                    profile.voice_centroid())
-        if not params_cached:
-            self.cache.put_params(sid, self.stages.params_to_bytes(params), version)
+        if params_cached:
+            params = self.stages.params_from_bytes(blob)
+        else:
+            params = self._compute_params(sid, emb)
         tm["cache"] = (clock() - t) * 1000
 
         # face
@@ -361,21 +362,39 @@ class Runtime:
         name = next((s.name for s in self.cache.list() if s.id == sid), None)
         event = Event(
             start_s=float(job.start_s), end_s=float(job.end_s), speaker_id=sid, speaker_name=name,
-            speaker_similarity=float(match.similarity), new_speaker=bool(match.is_new),
+            speaker_similarity=float(match.similarity) if np.isfinite(match.similarity) else None, new_speaker=bool(match.is_new),
             emotion=self.classes[int(np.argmax(probs))], probs=dict(zip(self.classes, map(float, probs))),
             trust={k: float(v) for k, v in dict(trust).items()}, modalities=present,
             timings_ms={k: float(v) for k, v in tm.items()}, over_budget=over, face_used=face_used,
             face=face_info, degraded=degraded, dropped=dict(dropped), text=text)
         event.params_cached = params_cached  # not serialised: for tests and benchmarks
 
-        # after the prediction, as in training (mlsan_edge.data.streams.profile_inputs)
+        # after the prediction, as in training (mlsan_edge.data.streams.profile_inputs); the
+        # parameters for the speaker's next utterance are computed now, off the latency path
         t = clock()
         self.cache.update_profile(sid, {"audio": audio_vec, "visual": visual, "text": text_vec},
                                   latent=np.asarray(latent))
+        self._compute_params(sid)
         event.timings_ms["profile_update"] = (clock() - t) * 1000
         for cb in self._callbacks:
             _safe_call(cb, event)
         return event
+
+    def _compute_params(self, sid: int, current_voice: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """FiLM/gate parameters for the speaker's next utterance from their profile as it stands;
+        cached in the speaker cache under the profile version they were computed from."""
+        from mlsan_edge.data.streams import profile_row, speaker_voice
+        from mlsan_edge.profile import ModalityStats
+
+        version = self.cache.profile_version(sid)
+        profile = self.cache.get_profile(sid)
+        for m, d in self.dims.items():
+            profile.stats.setdefault(m, ModalityStats(d))  # e.g. a speaker enrolled with voice only
+        with self._model_lock:
+            params = self.stages.speaker_params(profile_row(profile, self.stages.global_stats),
+                                                speaker_voice(profile, current_voice))
+        self.cache.put_params(sid, self.stages.params_to_bytes(params), version)
+        return params
 
     # --- public API ---------------------------------------------------------------------------
     def session(self, on_event: Callable[[Event], None] | None = None) -> "Session":
@@ -521,7 +540,7 @@ def load_runtime(bundle: str = "default", backend: str = "auto", cache=None,
         precision: "auto", "fp32", "fp16" or "int8" (what the bundle offers).
     """
     from mlsan_edge.features.audio import AUDIO_DIM
-    from mlsan_edge.runtime.speakers import DEFAULT_THRESHOLD, SpeakerCache
+    from mlsan_edge.runtime.speakers import SpeakerCache
     from mlsan_edge.runtime.stages import Stages
 
     stages = Stages(bundle, backend=backend, precision=precision)
@@ -530,6 +549,17 @@ def load_runtime(bundle: str = "default", backend: str = "auto", cache=None,
                          f"{AUDIO_DIM}-d ones; re-export the bundle with this version")
     if cache is None or isinstance(cache, (str, Path)):
         dims = {"audio": AUDIO_DIM, "visual": VISUAL_DIM, "text": TEXT_DIM}
-        thr = config.speaker_threshold if config.speaker_threshold is not None else DEFAULT_THRESHOLD
-        cache = SpeakerCache(":memory:" if cache is None else cache, threshold=thr, dims=dims, voice_dim=VOICE_DIM)
+        scorer = bundle_voice_scorer(stages.bundle) if config.speaker_scoring == "scorer" else None
+        cache = SpeakerCache(":memory:" if cache is None else cache, threshold=config.speaker_threshold, dims=dims,
+                             voice_dim=VOICE_DIM, scorer=scorer)
     return Runtime(stages, cache, config)
+
+
+def bundle_voice_scorer(bundle):
+    """The bundle's `VoiceScorer` (speakers/voice_scorer.npz); ValueError when it has none."""
+    from mlsan_edge.runtime.voice_scorer import SCORER_FILE, VoiceScorer
+
+    if SCORER_FILE not in bundle.manifest.files:
+        raise ValueError(f"bundle {bundle.root} has no voice scorer ({SCORER_FILE}); use speaker_scoring='cosine' "
+                         "or re-export the bundle with this version (`mlsan-edge train` fits the scorer)")
+    return VoiceScorer.load(bundle.root / SCORER_FILE)

@@ -3,13 +3,19 @@
 One row per speaker holds the serialised `SpeakerProfile` (voice centroid and count, per-modality
 running statistics, stage-3 prototype: the one update rule of `mlsan_edge.profile`), an optional
 display name, first/last seen times, an utterance count, and an opaque blob of FiLM/gate
-parameters tagged with the profile version it was computed from (so it is recomputed only when
-the profile changes). No audio or images are ever stored: only embeddings and statistics.
+parameters tagged with the profile version it was computed from. The runtime computes them once
+after each utterance, when the profile changes, and reads them for the speaker's next utterance;
+matching a voice does not invalidate them. No audio or images are ever stored: only embeddings and
+statistics.
 
-A voice embedding is matched by cosine similarity to every speaker's centroid. At or above
-`threshold` it is that speaker; below `new_threshold` (default: the same value) it is a new
-speaker; in between it is attributed to the nearest speaker but does not move their centroid
-(so an ambiguous voice cannot drag one speaker toward another).
+A voice embedding is scored against every speaker's centroid: with the bundle's `VoiceScorer`
+(emotion directions projected out, AS-norm against a cohort; `mlsan_edge.runtime.voice_scorer`)
+or, without one, by plain cosine similarity. At or above `threshold` it is that speaker; below
+`new_threshold` (default: the same value) it is a new speaker; in between it is attributed to the
+nearest speaker but does not move their centroid (so an ambiguous voice cannot drag one speaker
+toward another). A speaker split off by atypical first utterances is merged back once every one of
+its (few) voices fits another speaker's settled centroid (`merge_threshold`); events already
+emitted keep the id they had.
 
 The file is created with mode 0600 and written in WAL mode inside transactions; a corrupt file
 is moved aside to `<name>.corrupt-<timestamp>` and replaced by an empty cache, with a warning.
@@ -27,6 +33,7 @@ import sqlite3
 import threading
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -38,15 +45,13 @@ from mlsan_edge.profile import SpeakerProfile
 
 log = logging.getLogger(__name__)
 
-# Cosine similarity (GE2E voice embeddings, mlsan_edge.features.voice) at or above which a voice
-# is a known speaker. benchmarks/speaker_threshold.py (results/speaker_threshold.json) swept it on
-# shuffled streams of RAVDESS actors 1-20 (3-6 actors x 5-10 VAD-cut clips): 0.775 is the most
-# coverage with purity >= 0.97 -- false-merge 0.8 % / false-split 74 % of clip pairs, purity 0.97,
-# coverage 0.47. GE2E separates these short acted emotional clips poorly (pairwise EER ~19 %), so
-# no threshold gives both purity >= 0.95 and coverage >= 0.8; we err toward splitting, because a
-# false merge corrupts a speaker's calibration while a split only delays it (profile shrinkage).
+# Without a VoiceScorer (a bundle exported before it existed): cosine similarity of GE2E voice
+# embeddings at or above which a voice is a known speaker. benchmarks/speaker_threshold.py
+# (results/speaker_threshold.json, "cosine_no_merge") tunes it on streams of unseen RAVDESS actors:
+# the most coverage with purity >= 0.96. With the bundle's scorer the threshold is the scorer's own.
 DEFAULT_THRESHOLD = 0.775
 DEFAULT_MAX_SPEAKERS = 200
+MAX_EXEMPLARS = 8  # a speaker with at most this many voices keeps them (in memory): it may be absorbed
 SCHEMA_VERSION = 1
 EXPORT_FORMAT = "mlsan-speaker-cache"
 
@@ -71,7 +76,8 @@ class Match(NamedTuple):
     """Result of `SpeakerCache.identify`."""
 
     speaker_id: int | None  # None only when is_new and update=False
-    similarity: float  # cosine to the nearest known centroid (-1.0 when the cache is empty)
+    similarity: float  # score of the nearest known speaker (scorer units, or cosine without a scorer;
+    #                    -inf when the cache is empty)
     is_new: bool
 
 
@@ -113,19 +119,34 @@ class SpeakerCache:
 
     Args:
         path: SQLite file (created 0600), or ":memory:" for a throw-away cache.
-        threshold: cosine similarity at or above which a voice is a known speaker.
+        threshold: score at or above which a voice is a known speaker (default: the scorer's tuned
+            threshold, or `DEFAULT_THRESHOLD` for plain cosine).
         new_threshold: below this a voice becomes a new speaker (default `threshold`); between the
             two it is attributed to the nearest speaker without updating them.
         max_speakers: bound on rows; the least recently seen are evicted beyond it.
         dims: modality -> feature dimension of new profiles (from the bundle), e.g.
             {"audio": 136, "visual": 35, "text": 384}.
         voice_dim: dimension of voice embeddings (256 for GE2E).
+        scorer: a `VoiceScorer` (from the bundle); None compares by plain cosine.
+        merge_threshold: a speaker with at most `MAX_EXEMPLARS` voices (heard in this process) is
+            merged into another when every one of its voices scores at least this against the
+            other's centroid (default `threshold`; None with auto_merge=False turns it off).
+            Online clustering splits a voice whose first utterances were atypical (a shout, a
+            whisper); once the speaker's centroid has settled, the splinter is folded back.
+            Two named (enrolled) speakers are never merged; a named one always survives.
+        auto_merge: whether to merge splinters as above.
     """
 
-    def __init__(self, path: str | Path, threshold: float = DEFAULT_THRESHOLD, new_threshold: float | None = None,
+    def __init__(self, path: str | Path, threshold: float | None = None, new_threshold: float | None = None,
                  max_speakers: int = DEFAULT_MAX_SPEAKERS, dims: dict[str, int] | None = None,
-                 voice_dim: int = VOICE_DIM) -> None:
+                 voice_dim: int = VOICE_DIM, scorer=None, merge_threshold: float | None = None,
+                 auto_merge: bool = True) -> None:
+        self.scorer = scorer
+        if threshold is None:
+            threshold = scorer.threshold if scorer is not None else DEFAULT_THRESHOLD
         self.threshold = float(threshold)
+        self.merge_threshold = self.threshold if merge_threshold is None else float(merge_threshold)
+        self.auto_merge = bool(auto_merge)
         self.new_threshold = self.threshold if new_threshold is None else float(new_threshold)
         if self.new_threshold > self.threshold:
             raise ValueError(f"new_threshold ({self.new_threshold}) must not exceed threshold ({self.threshold})")
@@ -138,6 +159,9 @@ class SpeakerCache:
         self._conn = self._open()
         self._profiles: dict[int, SpeakerProfile] = {}
         self._ids = np.zeros(0, np.int64)  # row i of _centroids belongs to speaker _ids[i]
+        # id -> (centroid, projected centroid, cohort mean, cohort std): recomputed only when it moves
+        self._prep: dict[int, tuple[np.ndarray, np.ndarray, float, float]] = {}
+        self._exemplars: dict[int, deque] = {}  # id -> prepared voices of a speaker with few voices
         self._centroids = np.zeros((0, self.voice_dim), np.float32)
         self._load()
 
@@ -215,6 +239,18 @@ class SpeakerCache:
                 cents.append(c)
         self._ids = np.asarray(ids, np.int64)
         self._centroids = np.stack(cents) if cents else np.zeros((0, self.voice_dim), np.float32)
+        stale = [i for i, sid in enumerate(ids)
+                 if sid not in self._prep or not np.array_equal(self._prep[sid][0], cents[i])]
+        if stale:
+            proj, mu, sd = self._prepare(self._centroids[stale])
+            for i, p, m, d in zip(stale, proj, mu, sd):
+                self._prep[ids[i]] = (cents[i], p, float(m), float(d))
+        self._prep = {sid: self._prep[sid] for sid in ids}
+        self._cproj = np.stack([self._prep[i][1] for i in ids]) if ids else self._centroids
+        self._cmu = np.array([self._prep[i][2] for i in ids], np.float32)
+        self._csd = np.array([self._prep[i][3] for i in ids], np.float32)
+        self._exemplars = {sid: ex for sid, ex in self._exemplars.items()
+                           if sid in self._profiles and self._profiles[sid].voice_count <= MAX_EXEMPLARS}
 
     # --- transactions -------------------------------------------------------------------------
     def _tx(self):
@@ -240,8 +276,10 @@ class SpeakerCache:
             (name, json.dumps(profile.to_dict()), now, now, utterances))
         return int(cur.lastrowid)
 
-    def _write_profile(self, conn, sid: int, profile: SpeakerProfile, seen: float | None, utterances: int = 0) -> None:
-        sql = "UPDATE speakers SET profile = ?, profile_version = profile_version + 1, utterances = utterances + ?"
+    def _write_profile(self, conn, sid: int, profile: SpeakerProfile, seen: float | None, utterances: int = 0,
+                       bump: bool = True) -> None:
+        sql = ("UPDATE speakers SET profile = ?, utterances = utterances + ?"
+               + (", profile_version = profile_version + 1" if bump else ""))
         args: list = [json.dumps(profile.to_dict()), utterances]
         if seen is not None:
             sql += ", last_seen = MAX(last_seen, ?)"
@@ -275,20 +313,27 @@ class SpeakerCache:
         e = _unit(embedding, self.voice_dim)
         now = time.time() if now is None else now
         with self._lock:
+            prepared = tuple(a[0] for a in self._prepare(e[None]))
             if self._ids.shape[0]:
-                sims = self._centroids @ e  # (n,) cosine: both unit-norm
+                sims = self._scores(prepared)
                 best = int(np.argmax(sims))
                 sid, sim = int(self._ids[best]), float(sims[best])
             else:
-                sid, sim = None, -1.0
+                sid, sim = None, float("-inf")
             if sid is not None and sim >= self.new_threshold:
                 if update:
                     with self._tx() as conn:
                         prof = self._profiles[sid]
-                        if sim >= self.threshold:  # (in the grey zone: attribute, do not move)
+                        moved = sim >= self.threshold  # (in the grey zone: attribute, do not move)
+                        if moved:
                             prof.update({}, voice=e)
-                        self._write_profile(conn, sid, prof, now, utterances=1)
+                        # no new version: the cached parameters serve this utterance, which they
+                        # were computed for (from the earlier ones); `update_profile` bumps it
+                        self._write_profile(conn, sid, prof, now, utterances=1, bump=False)
+                    if moved:
+                        self._remember(sid, prepared)
                     self._reindex()
+                    sid = self._auto_merge(sid)
                 return Match(sid, sim, False)
             if not update:
                 return Match(None, sim, True)
@@ -300,9 +345,61 @@ class SpeakerCache:
             self._profiles[new] = prof
             for v in evicted:
                 self._profiles.pop(v, None)
+            self._remember(new, prepared)
             self._reindex()
             log.info("new speaker %d (nearest similarity %.3f)", new, sim)
-            return Match(new, sim, True)
+            return Match(self._auto_merge(new), sim, True)
+
+    def _remember(self, sid: int, prepared) -> None:
+        if self._profiles[sid].voice_count <= MAX_EXEMPLARS:
+            self._exemplars.setdefault(sid, deque(maxlen=MAX_EXEMPLARS)).append(prepared)
+
+    def _prepare(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What scoring needs of (n, D) unit embeddings: the scorer's projection and cohort
+        statistics, or for plain cosine the vectors themselves (mean 0, std 1)."""
+        if self.scorer is None:
+            return units, np.zeros(len(units), np.float32), np.ones(len(units), np.float32)
+        return self.scorer.prepare(units)
+
+    def _combine(self, sims, mu_a, sd_a, mu_b, sd_b) -> np.ndarray:
+        return sims if self.scorer is None else self.scorer.combine(sims, mu_a, sd_a, mu_b, sd_b)
+
+    def _scores(self, prepared) -> np.ndarray:
+        """(n,) match scores of one prepared voice against every centroid (row order of _ids)."""
+        p, mu, sd = prepared
+        return self._combine(self._cproj @ p, mu, sd, self._cmu, self._csd)
+
+    def _auto_merge(self, sid: int) -> int:
+        """Fold a splinter into `sid` or `sid` into another speaker (see `merge_threshold`);
+        returns the id that now holds `sid`'s voices."""
+        if not self.auto_merge or self._ids.shape[0] < 2:
+            return sid
+        named = {r[0] for r in self._conn.execute("SELECT id FROM speakers WHERE name IS NOT NULL")}
+        row = {int(s): i for i, s in enumerate(self._ids)}
+        best = None
+        for other in row:
+            if other == sid or (other in named and sid in named):
+                continue
+            small, big = sorted((sid, other), key=lambda s: (self._profiles[s].voice_count, -s))
+            ex = self._exemplars.get(small)
+            if not ex or len(ex) < self._profiles[small].voice_count:
+                continue  # only a speaker whose every voice is at hand can be judged
+            b = row[big]
+            worst = float(np.min([self._combine(float(p @ self._cproj[b]), mu, sd, self._cmu[b], self._csd[b])
+                                  for p, mu, sd in ex]))
+            if worst >= self.merge_threshold and (best is None or worst > best[0]):
+                best = (worst, small, big)
+        if best is None:
+            return sid
+        worst, small, big = best
+        keep, absorb = (small, big) if small in named else (big, small)
+        kept = list(self._exemplars.get(keep, ())) + list(self._exemplars.get(absorb, ()))
+        self.merge(keep, absorb, scrub=False)
+        if self._profiles[keep].voice_count <= MAX_EXEMPLARS:
+            self._exemplars[keep] = deque(kept, maxlen=MAX_EXEMPLARS)
+        self._exemplars.pop(absorb, None)
+        log.info("merged speaker %d into %d: each of its voices scores >= %.2f against it", absorb, keep, worst)
+        return keep if sid in (keep, absorb) else sid
 
     # --- profiles and cached parameters -------------------------------------------------------
     def get_profile(self, speaker_id: int) -> SpeakerProfile:
@@ -410,8 +507,9 @@ class SpeakerCache:
                 raise ValueError(f"the name {name!r} is already used by another speaker; "
                                  "merge the two or pick another name") from e
 
-    def merge(self, keep: int | str, absorb: int | str) -> int:
-        """Merge speaker `absorb` into `keep` (same person found twice); `absorb` is forgotten."""
+    def merge(self, keep: int | str, absorb: int | str, scrub: bool = True) -> int:
+        """Merge speaker `absorb` into `keep` (same person found twice); `absorb` is forgotten
+        (its freed pages overwritten unless scrub=False)."""
         with self._lock:
             a, b = self.resolve(keep), self.resolve(absorb)
             if a == b:
@@ -428,7 +526,8 @@ class SpeakerCache:
             self._profiles[a] = prof
             del self._profiles[b]
             self._reindex()
-            self._scrub()
+            if scrub:
+                self._scrub()
             return a
 
     def forget(self, speaker_id: int | str) -> None:
