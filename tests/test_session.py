@@ -241,3 +241,20 @@ def test_end_to_end_cremad_clip():
     for ev in events:
         check_event(json.loads(ev.to_json()))
         assert ev.face_used and "visual" in ev.modalities
+
+
+def test_speaker_scoring_choice_is_checked_and_a_missing_scorer_is_explained(tmp_path):
+    from types import SimpleNamespace
+
+    from mlsan_edge.runtime.session import bundle_voice_scorer
+    from mlsan_edge.runtime.voice_scorer import SCORER_FILE, VoiceScorer
+
+    with pytest.raises(ValueError, match="unknown speaker_scoring 'plda'"):
+        RuntimeConfig(speaker_scoring="plda")
+    bare = SimpleNamespace(root=tmp_path, manifest=SimpleNamespace(files={}))
+    with pytest.raises(ValueError, match="no voice scorer.*speaker_scoring='cosine'"):
+        bundle_voice_scorer(bare)
+    rng = np.random.default_rng(0)
+    VoiceScorer.fit(rng.normal(size=(20, 8)), np.repeat([0, 1], 10)).save(tmp_path / SCORER_FILE)
+    with_scorer = SimpleNamespace(root=tmp_path, manifest=SimpleNamespace(files={SCORER_FILE: {}}))
+    assert bundle_voice_scorer(with_scorer).nuisance.shape[1] == 8
