@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     p.add_argument("--clips", type=int, default=60, help="clips per actor (60 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold", type=float, default=None, help="speaker-cache threshold (default: the tuned one)")
-    p.add_argument("--speaker-scoring", default="cosine", choices=["cosine", "scorer"])
+    p.add_argument("--speaker-scoring", default="auto", choices=["auto", "scorer", "cosine"])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "device_accuracy.json"))
     a = p.parse_args(argv)
     rng = np.random.default_rng(a.seed)

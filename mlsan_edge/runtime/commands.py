@@ -23,10 +23,9 @@ def add_parsers(sub) -> None:
     r.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
     r.add_argument("--on-camera-failure", default="audio_only", choices=["audio_only", "stop"])
     r.add_argument("--budget-policy", default="warn", choices=["warn", "degrade"])
-    r.add_argument("--speaker-scoring", default="cosine", choices=["cosine", "scorer"],
-                   help="cosine: GE2E cosine, robust across recording conditions; scorer: the bundle's "
-                        "emotion-robust scorer, fewer splits on studio speech like RAVDESS but it merges "
-                        "speakers recorded elsewhere (README, Speaker cache)")
+    r.add_argument("--speaker-scoring", default="auto", choices=["auto", "scorer", "cosine"],
+                   help="scorer: the bundle's emotion-robust voice scorer (fewer splits of one person into "
+                        "several speakers); cosine: plain GE2E cosine; auto: the scorer when the bundle has one")
     r.add_argument("--speaker-threshold", type=float, default=None,
                    help="match score at which a voice is a known speaker (default: the tuned value of the "
                         "chosen scoring; higher splits more, lower merges more)")

@@ -21,8 +21,8 @@ class Event:
         start_s, end_s: utterance bounds, seconds from the stream (or session) start.
         speaker_id: the speaker cache's id; speaker_name its display name or None.
         speaker_similarity: the speaker cache's score of the voice against the nearest known speaker
-            (cosine; the VoiceScorer's AS-norm score with speaker_scoring="scorer"); None when no
-            speaker was known yet.
+            (the VoiceScorer's AS-norm score, or cosine with speaker_scoring="cosine" or a bundle
+            without a scorer); None when no speaker was known yet.
         new_speaker: True when this utterance created the speaker.
         emotion: the most probable of the 7 classes; probs: class -> probability.
         trust: modality -> stage-2 weight; modalities: the modalities present, in model order.

@@ -42,7 +42,7 @@ from mlsan_edge.runtime.vad import VADConfig
 
 log = logging.getLogger(__name__)
 
-SPEAKER_SCORING = ("cosine", "scorer")
+SPEAKER_SCORING = ("auto", "scorer", "cosine")
 CAMERA_POLICIES = ("audio_only", "stop")
 LIVE_SCHEMES = ("mic", "camera", "csi")
 
@@ -59,11 +59,10 @@ class RuntimeConfig:
     face: str = "auto"  # "auto" (landmarks when a TFLite interpreter exists), "none", or a .tflite path
     face_fps: float = 10.0  # frames analysed per second of video (the rest are skipped)
     face_max_width: int = 320  # face detection runs on a copy at most this wide (px)
-    # how voices are matched: "cosine" (GE2E cosine; works across recording conditions) or "scorer"
-    # (the bundle's VoiceScorer: emotion directions projected out + AS-norm against RAVDESS
-    # voices; far fewer splits on RAVDESS-like studio speech, but it merges speakers recorded
-    # under other conditions, e.g. GRID: README "Speaker cache")
-    speaker_scoring: str = "cosine"
+    # how voices are matched: "scorer" (the bundle's VoiceScorer: emotion directions projected
+    # out, centred on the voices heard here, AS-norm; README "Speaker cache"), "cosine" (plain GE2E
+    # cosine), or "auto": the scorer when the bundle has one, else cosine
+    speaker_scoring: str = "auto"
     speaker_threshold: float | None = None  # match score for "same speaker"; None: the tuned default
     audio_queue: int = 512  # 512-sample chunks between capture and VAD (16 s)
     utterance_queue: int = 8  # utterances waiting for the model
@@ -549,10 +548,21 @@ def load_runtime(bundle: str = "default", backend: str = "auto", cache=None,
                          f"{AUDIO_DIM}-d ones; re-export the bundle with this version")
     if cache is None or isinstance(cache, (str, Path)):
         dims = {"audio": AUDIO_DIM, "visual": VISUAL_DIM, "text": TEXT_DIM}
-        scorer = bundle_voice_scorer(stages.bundle) if config.speaker_scoring == "scorer" else None
+        scorer = None
+        if config.speaker_scoring == "scorer" or (config.speaker_scoring == "auto" and has_voice_scorer(stages.bundle)):
+            scorer = bundle_voice_scorer(stages.bundle)
+        elif config.speaker_scoring == "auto":
+            log.warning("bundle %s has no voice scorer: matching speakers by plain cosine (more splits on "
+                        "emotional speech); re-export it with this version", stages.bundle.root)
         cache = SpeakerCache(":memory:" if cache is None else cache, threshold=config.speaker_threshold, dims=dims,
                              voice_dim=VOICE_DIM, scorer=scorer)
     return Runtime(stages, cache, config)
+
+
+def has_voice_scorer(bundle) -> bool:
+    from mlsan_edge.runtime.voice_scorer import SCORER_FILE
+
+    return SCORER_FILE in bundle.manifest.files
 
 
 def bundle_voice_scorer(bundle):

@@ -161,7 +161,8 @@ class SpeakerCache:
         self._ids = np.zeros(0, np.int64)  # row i of _centroids belongs to speaker _ids[i]
         # id -> (centroid, projected centroid, cohort mean, cohort std): recomputed only when it moves
         self._prep: dict[int, tuple[np.ndarray, np.ndarray, float, float]] = {}
-        self._exemplars: dict[int, deque] = {}  # id -> prepared voices of a speaker with few voices
+        self._exemplars: dict[int, deque] = {}  # id -> unit voices of a speaker with few voices
+        self._mean, self._mean_ids = None, None  # the scorer's centre, and the speakers it was computed from
         self._centroids = np.zeros((0, self.voice_dim), np.float32)
         self._load()
 
@@ -239,6 +240,11 @@ class SpeakerCache:
                 cents.append(c)
         self._ids = np.asarray(ids, np.int64)
         self._centroids = np.stack(cents) if cents else np.zeros((0, self.voice_dim), np.float32)
+        if self.scorer is not None and tuple(ids) != self._mean_ids:
+            # the set of speakers changed: re-centre on the voices heard here (VoiceScorer.domain_mean)
+            self._mean_ids = tuple(ids)
+            self._mean = self.scorer.domain_mean(self._centroids)
+            self._prep = {}
         stale = [i for i, sid in enumerate(ids)
                  if sid not in self._prep or not np.array_equal(self._prep[sid][0], cents[i])]
         if stale:
@@ -331,7 +337,7 @@ class SpeakerCache:
                         # were computed for (from the earlier ones); `update_profile` bumps it
                         self._write_profile(conn, sid, prof, now, utterances=1, bump=False)
                     if moved:
-                        self._remember(sid, prepared)
+                        self._remember(sid, e)
                     self._reindex()
                     sid = self._auto_merge(sid)
                 return Match(sid, sim, False)
@@ -345,21 +351,21 @@ class SpeakerCache:
             self._profiles[new] = prof
             for v in evicted:
                 self._profiles.pop(v, None)
-            self._remember(new, prepared)
+            self._remember(new, e)
             self._reindex()
             log.info("new speaker %d (nearest similarity %.3f)", new, sim)
             return Match(self._auto_merge(new), sim, True)
 
-    def _remember(self, sid: int, prepared) -> None:
+    def _remember(self, sid: int, unit: np.ndarray) -> None:
         if self._profiles[sid].voice_count <= MAX_EXEMPLARS:
-            self._exemplars.setdefault(sid, deque(maxlen=MAX_EXEMPLARS)).append(prepared)
+            self._exemplars.setdefault(sid, deque(maxlen=MAX_EXEMPLARS)).append(unit)
 
     def _prepare(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What scoring needs of (n, D) unit embeddings: the scorer's projection and cohort
         statistics, or for plain cosine the vectors themselves (mean 0, std 1)."""
         if self.scorer is None:
             return units, np.zeros(len(units), np.float32), np.ones(len(units), np.float32)
-        return self.scorer.prepare(units)
+        return self.scorer.prepare(units, self._mean)
 
     def _combine(self, sims, mu_a, sd_a, mu_b, sd_b) -> np.ndarray:
         return sims if self.scorer is None else self.scorer.combine(sims, mu_a, sd_a, mu_b, sd_b)
@@ -376,7 +382,7 @@ class SpeakerCache:
             return sid
         named = {r[0] for r in self._conn.execute("SELECT id FROM speakers WHERE name IS NOT NULL")}
         row = {int(s): i for i, s in enumerate(self._ids)}
-        best = None
+        best, prepared = None, {}
         for other in row:
             if other == sid or (other in named and sid in named):
                 continue
@@ -384,9 +390,11 @@ class SpeakerCache:
             ex = self._exemplars.get(small)
             if not ex or len(ex) < self._profiles[small].voice_count:
                 continue  # only a speaker whose every voice is at hand can be judged
+            if small not in prepared:
+                prepared[small] = self._prepare(np.stack(ex))
+            p, mu, sd = prepared[small]
             b = row[big]
-            worst = float(np.min([self._combine(float(p @ self._cproj[b]), mu, sd, self._cmu[b], self._csd[b])
-                                  for p, mu, sd in ex]))
+            worst = float(np.min(self._combine(p @ self._cproj[b], mu, sd, self._cmu[b], self._csd[b])))
             if worst >= self.merge_threshold and (best is None or worst > best[0]):
                 best = (worst, small, big)
         if best is None:

@@ -3,21 +3,25 @@ scores normalised against a cohort of other speakers (numpy only; it ships in th
 
 Raw GE2E cosine separates the speakers of short, acted emotional clips poorly: an actor
 shouting and the same actor whispering are further apart than two calm actors (RAVDESS pairwise
-EER 17 %). Two standard speaker-verification steps, fitted on the training actors' own clips,
-fix much of that:
+EER 17 %). Standard speaker-verification steps, fitted on the training actors' own clips:
 
-1. **Nuisance attribute projection.** Centre on the training mean and project out the
-   `nuisance_dims` directions along which one speaker's embeddings vary most (emotion,
-   intensity, sentence: the top eigenvectors of the within-speaker scatter). Pairwise EER on
-   unseen actors 17 % -> 13 %.
+1. **Nuisance attribute projection.** Centre, then project out the `nuisance_dims` directions
+   along which one speaker's embeddings vary most (emotion, intensity, sentence: the top
+   eigenvectors of the within-speaker scatter). Pairwise EER on unseen actors 17 % -> 13 %.
 2. **Adaptive symmetric score normalisation (AS-norm).** A cosine means different things for
    different voices, so each side is scored against its `top_k` nearest cohort embeddings
    (training speakers) and the two z-scores are averaged:
    `0.5 * ((s - mu_e) / sd_e + (s - mu_c) / sd_c)`. One threshold then fits every voice.
+3. **Centring on the voices heard here.** Centred on the training mean, voices recorded under
+   other conditions (GRID's six speakers) share a channel component that makes every pair look
+   alike, and all six became one speaker. The speaker cache therefore centres on
+   `domain_mean`: the training mean, worth `prior_speakers` speakers, averaged with the centroid
+   of every speaker it knows (recomputed when that set changes). With it GRID's speakers stay
+   apart and RAVDESS keeps most of the gain.
 
-`benchmarks/speaker_threshold.py` fits this on 16 actors, tunes the threshold on streams of the
-other 4 (5 folds), and reports the false-merge / false-split rates; `fit` stores the threshold it
-is given. The runtime falls back to plain cosine when a bundle has no scorer.
+`benchmarks/speaker_threshold.py` fits this on 16 actors and tunes the threshold on streams of
+the other 4 (5 folds), reporting false-merge / false-split rates; `mlsan-edge train` fits it on
+its RAVDESS actors and stores the tuned threshold with it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ SCORER_FILE = "speakers/voice_scorer.npz"  # path inside a bundle
 NUISANCE_DIMS = 5
 TOP_K = 100
 COHORT_PER_SPEAKER = 40
-DEFAULT_SCORE_THRESHOLD = 0.3  # AS-norm units; replaced by the tuned value stored with each scorer
+PRIOR_SPEAKERS = 2.0  # weight of the training mean, in speakers, in the device's domain mean
+DEFAULT_SCORE_THRESHOLD = 1.0  # AS-norm units: benchmarks/speaker_threshold.py ("scorer_merge")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -56,10 +61,18 @@ class VoiceScorer:
     cohort: np.ndarray
     top_k: int = TOP_K
     threshold: float = DEFAULT_SCORE_THRESHOLD
+    prior_speakers: float = PRIOR_SPEAKERS
 
-    def project(self, x: np.ndarray) -> np.ndarray:
-        """(..., D) raw embeddings -> (..., D) unit vectors in the speaker space."""
-        y = np.asarray(x, np.float32) - self.mean
+    def domain_mean(self, centroids: np.ndarray) -> np.ndarray:
+        """The centre for voices heard where the known speakers' `centroids` (n, D) were: the
+        training mean worth `prior_speakers` speakers, plus each known speaker's unit centroid."""
+        c = _unit(np.asarray(centroids, np.float32).reshape(-1, self.mean.shape[0]))
+        return ((self.prior_speakers * self.mean + c.sum(axis=0)) / (self.prior_speakers + len(c))).astype(np.float32)
+
+    def project(self, x: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+        """(..., D) raw embeddings -> (..., D) unit vectors in the speaker space, centred on `mean`
+        (default: the training mean)."""
+        y = _unit(x) - (self.mean if mean is None else mean)
         y = y - (y @ self.nuisance.T) @ self.nuisance
         return _unit(y)
 
@@ -70,10 +83,10 @@ class VoiceScorer:
         top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
         return top.mean(axis=1), np.maximum(top.std(axis=1), 1e-4)
 
-    def prepare(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def prepare(self, x: np.ndarray, mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(n, D) raw embeddings -> (projected (n, D), cohort mean (n,), cohort std (n,)): all a
         score needs of one side, so callers can cache it."""
-        p = np.atleast_2d(self.project(x))
+        p = np.atleast_2d(self.project(x, mean))
         mu, sd = self.cohort_stats(p)
         return p, mu, sd
 
@@ -82,19 +95,21 @@ class VoiceScorer:
         """AS-norm of cosines `sims` between sides a and b from their `prepare` statistics."""
         return (0.5 * ((sims - mu_a) / sd_a + (sims - mu_b) / sd_b)).astype(np.float32)
 
-    def scores(self, embedding: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-        """AS-norm scores (n,) of one raw embedding (D,) against n raw centroids (n, D)."""
+    def scores(self, embedding: np.ndarray, centroids: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+        """AS-norm scores (n,) of one raw embedding (D,) against n raw centroids (n, D), both
+        centred on `mean` (default: the training mean; the cache passes `domain_mean`)."""
         if len(centroids) == 0:
             return np.zeros(0, np.float32)
-        e, mu_e, sd_e = self.prepare(embedding)
-        c, mu_c, sd_c = self.prepare(centroids)
+        e, mu_e, sd_e = self.prepare(embedding, mean)
+        c, mu_c, sd_c = self.prepare(centroids, mean)
         return self.combine(c @ e[0], mu_e[0], sd_e[0], mu_c, sd_c)
 
     # --- fitting and files ----------------------------------------------------------------------
     @classmethod
     def fit(cls, embeddings: np.ndarray, speakers: np.ndarray, nuisance_dims: int = NUISANCE_DIMS,
             top_k: int = TOP_K, cohort_per_speaker: int = COHORT_PER_SPEAKER,
-            threshold: float = DEFAULT_SCORE_THRESHOLD, seed: int = 0) -> "VoiceScorer":
+            threshold: float = DEFAULT_SCORE_THRESHOLD, prior_speakers: float = PRIOR_SPEAKERS,
+            seed: int = 0) -> "VoiceScorer":
         """Fit on (N, D) voice embeddings of known speakers (N,) labels; needs >= 2 speakers."""
         x = _unit(embeddings)
         speakers = np.asarray(speakers)
@@ -112,19 +127,17 @@ class VoiceScorer:
         rng = np.random.default_rng(seed)
         pick = np.concatenate([rng.permutation(np.where(speakers == s)[0])[:cohort_per_speaker] for s in labels])
         scorer = cls(mean.astype(np.float32), nuisance, np.zeros((0, x.shape[1]), np.float32), int(top_k),
-                     float(threshold))
+                     float(threshold), float(prior_speakers))
         return cls(scorer.mean, nuisance, scorer.project(x[np.sort(pick)]).astype(np.float16).astype(np.float32),
-                   int(top_k), float(threshold))
-
-    def with_threshold(self, threshold: float) -> "VoiceScorer":
-        return VoiceScorer(self.mean, self.nuisance, self.cohort, self.top_k, float(threshold))
+                   int(top_k), float(threshold), float(prior_speakers))
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:  # np.savez would append .npz to a name without it
             np.savez(f, mean=self.mean, nuisance=self.nuisance, cohort=self.cohort.astype(np.float16),
-                     top_k=np.int64(self.top_k), threshold=np.float64(self.threshold))
+                     top_k=np.int64(self.top_k), threshold=np.float64(self.threshold),
+                     prior_speakers=np.float64(self.prior_speakers))
         return path
 
     @classmethod
@@ -132,7 +145,8 @@ class VoiceScorer:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(z["mean"].astype(np.float32), z["nuisance"].astype(np.float32),
-                           z["cohort"].astype(np.float32), int(z["top_k"]), float(z["threshold"]))
+                           z["cohort"].astype(np.float32), int(z["top_k"]), float(z["threshold"]),
+                           float(z["prior_speakers"]) if "prior_speakers" in z else PRIOR_SPEAKERS)
         except (OSError, KeyError, ValueError) as e:
             raise ValueError(f"{path} is not a voice scorer file ({e}); re-export the bundle") from e
 
