@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from mlsan_edge.config import TEXT_DIM, VISUAL_DIM  # noqa: E402
 from mlsan_edge.features.audio import AUDIO_DIM, load_audio  # noqa: E402
 from mlsan_edge.runtime.events import STEPS  # noqa: E402
-from mlsan_edge.runtime.session import Runtime, RuntimeConfig  # noqa: E402
+from mlsan_edge.runtime.session import Runtime, RuntimeConfig, bundle_voice_scorer, has_voice_scorer  # noqa: E402
 from mlsan_edge.runtime.speakers import SpeakerCache  # noqa: E402
 
 
@@ -81,7 +81,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "stream.flac"
         sf.write(path, wav, 16000)
-        rt = Runtime(stages, SpeakerCache(":memory:", dims=dims), RuntimeConfig(face="none"))
+        bundle = getattr(stages, "bundle", None)  # the bundle's voice scorer, as load_runtime uses it
+        scorer = bundle_voice_scorer(bundle) if bundle is not None and has_voice_scorer(bundle) else None
+        rt = Runtime(stages, SpeakerCache(":memory:", dims=dims, scorer=scorer), RuntimeConfig(face="none"))
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -359,9 +359,10 @@ class Runtime:
         probs = np.asarray(probs, np.float64).reshape(-1)
         present = [m for m, v in zip(MODALITIES, (text_vec, audio_vec, visual)) if v is not None]
         name = next((s.name for s in self.cache.list() if s.id == sid), None)
+        similarity = float(match.similarity) if np.isfinite(match.similarity) else None  # None: first voice
         event = Event(
             start_s=float(job.start_s), end_s=float(job.end_s), speaker_id=sid, speaker_name=name,
-            speaker_similarity=float(match.similarity) if np.isfinite(match.similarity) else None, new_speaker=bool(match.is_new),
+            speaker_similarity=similarity, new_speaker=bool(match.is_new),
             emotion=self.classes[int(np.argmax(probs))], probs=dict(zip(self.classes, map(float, probs))),
             trust={k: float(v) for k, v in dict(trust).items()}, modalities=present,
             timings_ms={k: float(v) for k, v in tm.items()}, over_budget=over, face_used=face_used,
