@@ -102,14 +102,18 @@ def test_profile_inputs_replay_the_shared_update_rule():
         row = profile_row(p, stats)
         for k, v in row.items():
             np.testing.assert_array_equal(prof[k][i], v)
-        p.update({m: getattr(t, m)[i] if getattr(t, f"mask_{m}")[i] else None for m in MODALITIES},
-                 voice=t.voice[i] if t.mask_voice[i] else None)
-        n = p.stats["audio"].count
-        if t.mask_voice[i]:  # the centroid includes the current utterance's voice
-            np.testing.assert_allclose(prof["voice"][i], p.voice_centroid(), rtol=1e-6)
+        earlier = p.voice_centroid()  # the voice input: earlier utterances' centroid, else this one's
+        if earlier is not None:
+            np.testing.assert_allclose(prof["voice"][i], earlier, rtol=1e-6)
+            assert prof["mask_voice"][i]
+        elif t.mask_voice[i]:
+            np.testing.assert_array_equal(prof["voice"][i], t.voice[i])
             assert prof["mask_voice"][i]
         else:
             assert not prof["mask_voice"][i] and not prof["voice"][i].any()
+        p.update({m: getattr(t, m)[i] if getattr(t, f"mask_{m}")[i] else None for m in MODALITIES},
+                 voice=t.voice[i] if t.mask_voice[i] else None)
+        n = p.stats["audio"].count
     assert n > 0 and np.isclose(profile_row(p, stats)["profile_conf"][1], n / (n + PRIOR_COUNT))
 
 
