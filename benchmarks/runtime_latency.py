@@ -108,7 +108,7 @@ def main() -> int:
         "dropped": events[-1].dropped if events else {},
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "numpy": np.__version__,
-                    "onnxruntime": onnxruntime.__version__, "note": "shared 2-core CPU; other jobs were running"},
+                    "onnxruntime": onnxruntime.__version__, "note": "shared 2-core VM: other tenants may load it"},
         "actors": a.actors, "seed": a.seed,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

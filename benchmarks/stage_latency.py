@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     b = load_bundle(a.bundle)
     res = {"bundle": str(b.root), "model": a.model, "batch": 1, "threads": a.threads,
            "device": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-                      "cpu_count": os.cpu_count(), "note": "shared 2-core dev VM, other jobs running: relative numbers"},
+                      "cpu_count": os.cpu_count(), "note": "shared 2-core dev VM: compare ratios within one run"},
            "versions": {"onnxruntime": ort.__version__, "numpy": np.__version__, "python": platform.python_version()},
            "warmup": a.warmup, "graphs": {}}
     for g in GRAPHS:
