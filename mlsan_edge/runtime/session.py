@@ -11,8 +11,9 @@ Callers that own capture push whole utterances instead:
     ...     event = s.process(audio, sample_rate=16000, frames=[image1, image2], text="I see.")
 
 Data flows one way per utterance: VAD segment -> voice embedding -> speaker cache (identify) ->
-audio features -> face features -> text -> FiLM/gate parameters (cached per profile version) ->
-stage 1 -> stage 2 -> stage 3 -> event -> profile update (after the prediction, as in training).
+FiLM/gate parameters (read from the cache) -> audio features -> face features -> text ->
+stage 1 -> stage 2 -> stage 3 -> event -> profile update and the speaker's parameters for their
+next utterance (after the prediction, as in training).
 One conversation (a `stream()` call or a `session()`) is one context history.
 
 `stream()` (`stream.py`) runs capture, VAD, processing and output on separate threads joined
