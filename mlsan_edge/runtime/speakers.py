@@ -33,7 +33,6 @@ import sqlite3
 import threading
 import time
 import warnings
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -42,6 +41,7 @@ import numpy as np
 
 from mlsan_edge.config import VOICE_DIM
 from mlsan_edge.profile import SpeakerProfile
+from mlsan_edge.runtime.voice_index import VoiceIndex
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 # the most coverage with purity >= 0.96. With the bundle's scorer the threshold is the scorer's own.
 DEFAULT_THRESHOLD = 0.775
 DEFAULT_MAX_SPEAKERS = 200
-MAX_EXEMPLARS = 8  # a speaker with at most this many voices keeps them (in memory): it may be absorbed
 SCHEMA_VERSION = 1
 EXPORT_FORMAT = "mlsan-speaker-cache"
 
@@ -128,9 +127,9 @@ class SpeakerCache:
             {"audio": 136, "visual": 35, "text": 384}.
         voice_dim: dimension of voice embeddings (256 for GE2E).
         scorer: a `VoiceScorer` (from the bundle); None compares by plain cosine.
-        merge_threshold: a speaker with at most `MAX_EXEMPLARS` voices (heard in this process) is
+        merge_threshold: a speaker with at most `voice_index.MAX_EXEMPLARS` voices (heard in this run) is
             merged into another when every one of its voices scores at least this against the
-            other's centroid (default `threshold`; None with auto_merge=False turns it off).
+            other's centroid (default `threshold`).
             Online clustering splits a voice whose first utterances were atypical (a shout, a
             whisper); once the speaker's centroid has settled, the splinter is folded back.
             Two named (enrolled) speakers are never merged; a named one always survives.
@@ -158,12 +157,7 @@ class SpeakerCache:
         self._lock = threading.RLock()
         self._conn = self._open()
         self._profiles: dict[int, SpeakerProfile] = {}
-        self._ids = np.zeros(0, np.int64)  # row i of _centroids belongs to speaker _ids[i]
-        # id -> (centroid, projected centroid, cohort mean, cohort std): recomputed only when it moves
-        self._prep: dict[int, tuple[np.ndarray, np.ndarray, float, float]] = {}
-        self._exemplars: dict[int, deque] = {}  # id -> unit voices of a speaker with few voices
-        self._mean, self._mean_ids = None, None  # the scorer's centre, and the speakers it was computed from
-        self._centroids = np.zeros((0, self.voice_dim), np.float32)
+        self._index = VoiceIndex(scorer, self.voice_dim)  # in-memory matching (voice_index.py)
         self._load()
 
     # --- opening, corruption, schema ----------------------------------------------------------
@@ -232,31 +226,7 @@ class SpeakerCache:
         self._reindex()
 
     def _reindex(self) -> None:
-        ids, cents = [], []
-        for sid, prof in self._profiles.items():
-            c = prof.voice_centroid()
-            if c is not None:
-                ids.append(sid)
-                cents.append(c)
-        self._ids = np.asarray(ids, np.int64)
-        self._centroids = np.stack(cents) if cents else np.zeros((0, self.voice_dim), np.float32)
-        if self.scorer is not None and tuple(ids) != self._mean_ids:
-            # the set of speakers changed: re-centre on the voices heard here (VoiceScorer.domain_mean)
-            self._mean_ids = tuple(ids)
-            self._mean = self.scorer.domain_mean(self._centroids)
-            self._prep = {}
-        stale = [i for i, sid in enumerate(ids)
-                 if sid not in self._prep or not np.array_equal(self._prep[sid][0], cents[i])]
-        if stale:
-            proj, mu, sd = self._prepare(self._centroids[stale])
-            for i, p, m, d in zip(stale, proj, mu, sd):
-                self._prep[ids[i]] = (cents[i], p, float(m), float(d))
-        self._prep = {sid: self._prep[sid] for sid in ids}
-        self._cproj = np.stack([self._prep[i][1] for i in ids]) if ids else self._centroids
-        self._cmu = np.array([self._prep[i][2] for i in ids], np.float32)
-        self._csd = np.array([self._prep[i][3] for i in ids], np.float32)
-        self._exemplars = {sid: ex for sid, ex in self._exemplars.items()
-                           if sid in self._profiles and self._profiles[sid].voice_count <= MAX_EXEMPLARS}
+        self._index.rebuild(self._profiles)
 
     # --- transactions -------------------------------------------------------------------------
     def _tx(self):
@@ -319,13 +289,7 @@ class SpeakerCache:
         e = _unit(embedding, self.voice_dim)
         now = time.time() if now is None else now
         with self._lock:
-            prepared = tuple(a[0] for a in self._prepare(e[None]))
-            if self._ids.shape[0]:
-                sims = self._scores(prepared)
-                best = int(np.argmax(sims))
-                sid, sim = int(self._ids[best]), float(sims[best])
-            else:
-                sid, sim = None, float("-inf")
+            sid, sim = self._index.nearest(e)
             if sid is not None and sim >= self.new_threshold:
                 if update:
                     with self._tx() as conn:
@@ -337,7 +301,7 @@ class SpeakerCache:
                         # were computed for (from the earlier ones); `update_profile` bumps it
                         self._write_profile(conn, sid, prof, now, utterances=1, bump=False)
                     if moved:
-                        self._remember(sid, e)
+                        self._index.remember(sid, e, prof.voice_count)
                     self._reindex()
                     sid = self._auto_merge(sid)
                 return Match(sid, sim, False)
@@ -351,61 +315,24 @@ class SpeakerCache:
             self._profiles[new] = prof
             for v in evicted:
                 self._profiles.pop(v, None)
-            self._remember(new, e)
+            self._index.remember(new, e, prof.voice_count)
             self._reindex()
             log.info("new speaker %d (nearest similarity %.3f)", new, sim)
             return Match(self._auto_merge(new), sim, True)
 
-    def _remember(self, sid: int, unit: np.ndarray) -> None:
-        if self._profiles[sid].voice_count <= MAX_EXEMPLARS:
-            self._exemplars.setdefault(sid, deque(maxlen=MAX_EXEMPLARS)).append(unit)
-
-    def _prepare(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """What scoring needs of (n, D) unit embeddings: the scorer's projection and cohort
-        statistics, or for plain cosine the vectors themselves (mean 0, std 1)."""
-        if self.scorer is None:
-            return units, np.zeros(len(units), np.float32), np.ones(len(units), np.float32)
-        return self.scorer.prepare(units, self._mean)
-
-    def _combine(self, sims, mu_a, sd_a, mu_b, sd_b) -> np.ndarray:
-        return sims if self.scorer is None else self.scorer.combine(sims, mu_a, sd_a, mu_b, sd_b)
-
-    def _scores(self, prepared) -> np.ndarray:
-        """(n,) match scores of one prepared voice against every centroid (row order of _ids)."""
-        p, mu, sd = prepared
-        return self._combine(self._cproj @ p, mu, sd, self._cmu, self._csd)
-
     def _auto_merge(self, sid: int) -> int:
         """Fold a splinter into `sid` or `sid` into another speaker (see `merge_threshold`);
         returns the id that now holds `sid`'s voices."""
-        if not self.auto_merge or self._ids.shape[0] < 2:
+        if not self.auto_merge:
             return sid
-        named = {r[0] for r in self._conn.execute("SELECT id FROM speakers WHERE name IS NOT NULL")}
-        row = {int(s): i for i, s in enumerate(self._ids)}
-        best, prepared = None, {}
-        for other in row:
-            if other == sid or (other in named and sid in named):
-                continue
-            small, big = sorted((sid, other), key=lambda s: (self._profiles[s].voice_count, -s))
-            ex = self._exemplars.get(small)
-            if not ex or len(ex) < self._profiles[small].voice_count:
-                continue  # only a speaker whose every voice is at hand can be judged
-            if small not in prepared:
-                prepared[small] = self._prepare(np.stack(ex))
-            p, mu, sd = prepared[small]
-            b = row[big]
-            worst = float(np.min(self._combine(p @ self._cproj[b], mu, sd, self._cmu[b], self._csd[b])))
-            if worst >= self.merge_threshold and (best is None or worst > best[0]):
-                best = (worst, small, big)
-        if best is None:
+        named = [r[0] for r in self._conn.execute("SELECT id FROM speakers WHERE name IS NOT NULL")]
+        counts = {s: p.voice_count for s, p in self._profiles.items()}
+        found = self._index.merge_candidate(sid, counts, named, self.merge_threshold)
+        if found is None:
             return sid
-        worst, small, big = best
-        keep, absorb = (small, big) if small in named else (big, small)
-        kept = list(self._exemplars.get(keep, ())) + list(self._exemplars.get(absorb, ()))
+        keep, absorb, worst = found
+        self._index.merged(keep, absorb, counts[keep] + counts[absorb])  # before: merge() re-indexes
         self.merge(keep, absorb, scrub=False)
-        if self._profiles[keep].voice_count <= MAX_EXEMPLARS:
-            self._exemplars[keep] = deque(kept, maxlen=MAX_EXEMPLARS)
-        self._exemplars.pop(absorb, None)
         log.info("merged speaker %d into %d: each of its voices scores >= %.2f against it", absorb, keep, worst)
         return keep if sid in (keep, absorb) else sid
 

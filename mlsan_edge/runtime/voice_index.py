@@ -1,0 +1,127 @@
+"""The speaker cache's in-memory matching: known speakers' voice centroids, scored against a voice.
+
+`SpeakerCache` (speakers.py) owns storage (SQLite, profiles); this holds what matching needs and
+nothing else: one row per speaker with a voice centroid, prepared for the `VoiceScorer` (or plain
+cosine without one), the scorer's centre for the voices heard here (`VoiceScorer.domain_mean`,
+recomputed when the set of speakers changes), and, for speakers with few voices, those voices,
+so a splinter can be judged as a whole (`merge_candidate`). Not thread-safe: the cache's lock
+covers it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from mlsan_edge.profile import SpeakerProfile
+
+MAX_EXEMPLARS = 8  # a speaker with at most this many voices keeps them (in memory): it may be absorbed
+
+
+class VoiceIndex:
+    """Args: scorer: a `VoiceScorer`, or None for plain cosine; voice_dim: embedding size."""
+
+    def __init__(self, scorer, voice_dim: int) -> None:
+        self.scorer, self.voice_dim = scorer, int(voice_dim)
+        self.ids = np.zeros(0, np.int64)  # row i belongs to speaker ids[i]
+        self._prep: dict[int, tuple[np.ndarray, np.ndarray, float, float]] = {}  # id -> (centroid, proj, mu, sd)
+        self._proj = np.zeros((0, self.voice_dim), np.float32)
+        self._mu = self._sd = np.zeros(0, np.float32)
+        self._exemplars: dict[int, deque] = {}  # id -> unit voices of a speaker with few voices
+        self._mean, self._mean_ids = None, None  # the scorer's centre, and the speakers it came from
+
+    def rebuild(self, profiles: Mapping[int, SpeakerProfile]) -> None:
+        """Follow the profiles (after any change); a centroid is re-prepared only when it moved."""
+        ids, cents = [], []
+        for sid, prof in profiles.items():
+            c = prof.voice_centroid()
+            if c is not None:
+                ids.append(sid)
+                cents.append(c)
+        self.ids = np.asarray(ids, np.int64)
+        centroids = np.stack(cents) if cents else np.zeros((0, self.voice_dim), np.float32)
+        if self.scorer is not None and tuple(ids) != self._mean_ids:
+            # the set of speakers changed: re-centre on the voices heard here
+            self._mean_ids = tuple(ids)
+            self._mean = self.scorer.domain_mean(centroids)
+            self._prep = {}
+        stale = [i for i, sid in enumerate(ids)
+                 if sid not in self._prep or not np.array_equal(self._prep[sid][0], cents[i])]
+        if stale:
+            proj, mu, sd = self.prepare(centroids[stale])
+            for i, p, m, d in zip(stale, proj, mu, sd):
+                self._prep[ids[i]] = (cents[i], p, float(m), float(d))
+        self._prep = {sid: self._prep[sid] for sid in ids}
+        self._proj = np.stack([self._prep[i][1] for i in ids]) if ids else centroids
+        self._mu = np.array([self._prep[i][2] for i in ids], np.float32)
+        self._sd = np.array([self._prep[i][3] for i in ids], np.float32)
+        self._exemplars = {sid: ex for sid, ex in self._exemplars.items()
+                           if sid in profiles and profiles[sid].voice_count <= MAX_EXEMPLARS}
+
+    def prepare(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What scoring needs of (n, D) unit embeddings: the scorer's projection and cohort
+        statistics, or for plain cosine the vectors themselves (mean 0, std 1)."""
+        if self.scorer is None:
+            return units, np.zeros(len(units), np.float32), np.ones(len(units), np.float32)
+        return self.scorer.prepare(units, self._mean)
+
+    def _combine(self, sims, mu_a, sd_a, mu_b, sd_b) -> np.ndarray:
+        return sims if self.scorer is None else self.scorer.combine(sims, mu_a, sd_a, mu_b, sd_b)
+
+    def nearest(self, unit: np.ndarray) -> tuple[int | None, float]:
+        """(speaker id, score) of the best-scoring known speaker; (None, -inf) when there is none."""
+        if not self.ids.shape[0]:
+            return None, float("-inf")
+        p, mu, sd = (a[0] for a in self.prepare(unit[None]))
+        scores = self._combine(self._proj @ p, mu, sd, self._mu, self._sd)
+        best = int(np.argmax(scores))
+        return int(self.ids[best]), float(scores[best])
+
+    def remember(self, sid: int, unit: np.ndarray, voice_count: int) -> None:
+        """Keep a voice of a speaker who has at most MAX_EXEMPLARS of them (counting this one)."""
+        if voice_count <= MAX_EXEMPLARS:
+            self._exemplars.setdefault(sid, deque(maxlen=MAX_EXEMPLARS)).append(unit)
+
+    def merge_candidate(self, sid: int, counts: Mapping[int, int], named: Iterable[int],
+                        threshold: float) -> tuple[int, int, float] | None:
+        """(keep, absorb, worst score) when `sid` and another speaker should be one: the one with
+        fewer voices (all at hand) has every voice scoring >= `threshold` against the other's
+        centroid. Two named speakers never; a named one is always kept."""
+        named = set(named)
+        row = {int(s): i for i, s in enumerate(self.ids)}
+        if sid not in row or len(row) < 2:
+            return None
+        best, prepared = None, {}
+        for other in row:
+            if other == sid or (other in named and sid in named):
+                continue
+            small, big = sorted((sid, other), key=lambda s: (counts[s], -s))
+            ex = self._exemplars.get(small)
+            if not ex or len(ex) < counts[small]:
+                continue  # only a speaker whose every voice is at hand can be judged
+            if small not in prepared:
+                prepared[small] = self.prepare(np.stack(ex))
+            p, mu, sd = prepared[small]
+            b = row[big]
+            worst = float(np.min(self._combine(p @ self._proj[b], mu, sd, self._mu[b], self._sd[b])))
+            if worst >= threshold and (best is None or worst > best[0]):
+                best = (worst, small, big)
+        if best is None:
+            return None
+        worst, small, big = best
+        keep, absorb = (small, big) if small in named else (big, small)
+        return keep, absorb, worst
+
+    def merged(self, keep: int, absorb: int, voice_count: int) -> None:
+        """`absorb` is being merged into `keep`, which will have `voice_count` voices: its
+        remembered voices move to `keep` (call before the profiles change and `rebuild`)."""
+        kept = list(self._exemplars.get(keep, ())) + list(self._exemplars.pop(absorb, ()))
+        if voice_count <= MAX_EXEMPLARS:
+            self._exemplars[keep] = deque(kept, maxlen=MAX_EXEMPLARS)
+        else:
+            self._exemplars.pop(keep, None)
+
+
+__all__ = ["VoiceIndex", "MAX_EXEMPLARS"]

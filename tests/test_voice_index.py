@@ -1,0 +1,56 @@
+"""VoiceIndex: nearest speaker, remembered voices of small speakers, merge candidates."""
+
+import numpy as np
+
+from mlsan_edge.profile import SpeakerProfile
+from mlsan_edge.runtime.voice_index import MAX_EXEMPLARS, VoiceIndex
+
+D = 16
+
+
+def unit(*coef):
+    v = np.zeros(D, np.float32)
+    v[: len(coef)] = coef
+    return v / np.linalg.norm(v)
+
+
+def profiles(**voices):
+    out = {}
+    for sid, vs in voices.items():
+        p = SpeakerProfile(dims={}, voice_dim=D)
+        for v in vs:
+            p.update({}, voice=v)
+        out[int(sid[1:])] = p
+    return out
+
+
+def test_nearest_and_empty():
+    idx = VoiceIndex(None, D)
+    assert idx.nearest(unit(1)) == (None, float("-inf"))
+    idx.rebuild(profiles(s1=[unit(1, 0)], s2=[unit(0, 1)]))
+    sid, score = idx.nearest(unit(1, 0.1))
+    assert sid == 1 and score > 0.99
+
+
+def test_merge_candidate_needs_every_voice_of_the_smaller_speaker():
+    a0, a1, c = unit(1, 0.45), unit(1, -0.2), unit(1, 0)
+    profs = profiles(s1=[a0], s2=[a1] + [c] * 8)
+    idx = VoiceIndex(None, D)
+    idx.rebuild(profs)
+    counts = {s: p.voice_count for s, p in profs.items()}
+    assert idx.merge_candidate(2, counts, [], 0.9) is None  # speaker 1's voice was never remembered
+    idx.remember(1, a0, 1)
+    keep, absorb, worst = idx.merge_candidate(2, counts, [], 0.9)
+    assert (keep, absorb) == (2, 1) and worst >= 0.9
+    assert idx.merge_candidate(2, counts, [1, 2], 0.9) is None  # two named speakers: never
+    assert idx.merge_candidate(2, counts, [1], 0.9)[:2] == (1, 2)  # a named one is kept
+    assert idx.merge_candidate(2, counts, [], 0.95) is None  # below the threshold
+
+
+def test_only_small_speakers_keep_voices():
+    idx = VoiceIndex(None, D)
+    for n in range(1, MAX_EXEMPLARS + 3):
+        idx.remember(7, unit(1, n), n)
+    assert len(idx._exemplars[7]) == MAX_EXEMPLARS
+    idx.merged(7, 8, MAX_EXEMPLARS + 5)
+    assert 7 not in idx._exemplars  # too big to be absorbed any more: its voices are dropped
