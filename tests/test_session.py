@@ -20,7 +20,7 @@ from mlsan_edge.config import EMOTIONS, TEXT_DIM, VISUAL_DIM
 from mlsan_edge.features.audio import AUDIO_DIM
 from mlsan_edge.runtime.budgets import BudgetTracker, Budgets
 from mlsan_edge.runtime.events import STEPS
-from mlsan_edge.runtime.session import DropOldestQueue, Runtime, RuntimeConfig, TextSource
+from mlsan_edge.runtime.session import DropOldestQueue, Runtime, RuntimeConfig, TextSource, load_runtime
 import soundfile as sf
 from mlsan_edge.runtime.speakers import SpeakerCache
 
@@ -258,3 +258,24 @@ def test_speaker_scoring_choice_is_checked_and_a_missing_scorer_is_explained(tmp
     VoiceScorer.fit(rng.normal(size=(20, 8)), np.repeat([0, 1], 10)).save(tmp_path / SCORER_FILE)
     with_scorer = SimpleNamespace(root=tmp_path, manifest=SimpleNamespace(files={SCORER_FILE: {}}))
     assert bundle_voice_scorer(with_scorer).nuisance.shape[1] == 8
+
+
+@pytest.mark.slow
+def test_end_to_end_grid_six_speakers_with_the_default_speaker_matching():
+    """The six-speaker GRID clip through load_runtime (the bundle's voice scorer): every utterance,
+    every speaker kept apart, the recurring ones recognised, the face used."""
+    clip = SHARED_DATA / "talking" / "grid_multi_6spk_24s.mp4"
+    if not clip.exists():
+        pytest.skip(f"{clip} not found")
+    _bundle_with_stages()
+    truth = json.loads(clip.with_suffix(".json").read_text())["segments"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with load_runtime("default") as rt:
+            events = list(rt.stream(audio=f"file://{clip}", video=f"file://{clip}"))
+    said = [next(s["speaker"] for s in truth if s["start"] <= (e.start_s + e.end_s) / 2 < s["end"]) for e in events]
+    assert len(events) == len(truth)
+    ids = [e.speaker_id for e in events]
+    pairs = [(a, b) for a in range(len(ids)) for b in range(a + 1, len(ids))]
+    assert all((ids[a] == ids[b]) == (said[a] == said[b]) for a, b in pairs), (ids, said)
+    assert all(e.face_used for e in events)
