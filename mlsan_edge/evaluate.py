@@ -117,7 +117,7 @@ def evaluate(bundle: str | Path, dataset: str, data: str | Path, split: str = "d
 
 
 def hide_modalities(table, modalities):
-    """The table with every modality outside `modalities` marked absent (its features zeroed);
+    """The table, changed in place, with every modality outside `modalities` marked absent (zeroed);
     without audio the voice embedding goes too (it is computed from the audio)."""
     unknown = set(modalities) - set(MODALITIES)
     if unknown or not modalities:

@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 
 # Without a VoiceScorer (a bundle exported before it existed): cosine similarity of GE2E voice
 # embeddings at or above which a voice is a known speaker. benchmarks/speaker_threshold.py
-# (results/speaker_threshold.json, "cosine_no_merge") tunes it on streams of unseen RAVDESS actors:
-# the most coverage with purity >= 0.96. With the bundle's scorer the threshold is the scorer's own.
+# (results/speaker_threshold.json, "cosine_merge") tunes it on streams of unseen RAVDESS actors:
+# the same rule as for the scorer picks 0.775. With the bundle's scorer the threshold is the scorer's own.
 DEFAULT_THRESHOLD = 0.775
 DEFAULT_MAX_SPEAKERS = 200
 SCHEMA_VERSION = 1
