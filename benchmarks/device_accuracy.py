@@ -26,7 +26,6 @@ import argparse
 import copy
 import json
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -34,29 +33,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def purity_coverage(truth: list[int], pred: list[int]) -> tuple[float, float]:
-    """Purity: share of events whose cluster's majority actor is theirs. Coverage: share of
-    events whose actor's majority cluster is theirs (1.0 = each actor kept in one cluster)."""
-    pairs = list(zip(truth, pred))
-    by_cluster = Counter(pairs)
-    pur = sum(max(n for (t, c), n in by_cluster.items() if c == cl) for cl in set(pred)) / len(pairs)
-    cov = sum(max(n for (t, c), n in by_cluster.items() if t == ac) for ac in set(truth)) / len(pairs)
-    return pur, cov
+def replay_accuracy(stages, table, rows: list[int], speakers: list[str]) -> float:
+    """Accuracy (%) of `replay_table` over `rows` in that order as one stream, with `speakers`
+    as their identities (`table` already audio-only)."""
+    from mlsan_edge.runtime.stages import replay_table
 
-
-def replay_accuracy(bundle: str, table, rows: list[int], speakers: list[str]) -> float:
-    """Accuracy (%) of `replay_table` over `rows` in that order as one stream, audio only, with
-    `speakers` as the identities."""
-    from mlsan_edge.evaluate import hide_modalities
-    from mlsan_edge.runtime.stages import Stages, replay_table
-
-    t = hide_modalities(copy.deepcopy(table), ("audio",))
-    t.group = np.zeros_like(t.group)
-    t.speaker = t.speaker.astype(object)
-    for r, s in zip(rows, speakers):
-        t.speaker[r] = s
-    t.speaker = t.speaker.astype(str)
-    out = replay_table(Stages(bundle, backend="onnxruntime"), t, np.asarray(rows))
+    t = copy.copy(table)
+    t.group = np.zeros_like(table.group)
+    spk = table.speaker.astype(object)
+    spk[rows] = speakers
+    t.speaker = spk.astype(str)
+    out = replay_table(stages, t, np.asarray(rows))
     return round(100.0 * float(np.mean(out["probs"][rows].argmax(1) == t.label[rows])), 2)
 
 
@@ -65,6 +52,7 @@ def main(argv=None) -> int:
 
     from mlsan_edge.data.ravdess import load_ravdess
     from mlsan_edge.evaluate import evaluate
+    from mlsan_edge.metrics import purity_coverage
     from mlsan_edge.features.audio import load_audio
     from mlsan_edge.runtime import RuntimeConfig, load_runtime
 
@@ -117,16 +105,19 @@ def main(argv=None) -> int:
                   backend="onnxruntime", model="student", progress=False)
     # the eval's table rows are the clips in load_ravdess order, which `clips` shares
     from mlsan_edge.data.extract import ravdess_table
+    from mlsan_edge.evaluate import hide_modalities
     from mlsan_edge.runtime.stages import Stages
 
-    enc = Stages(a.bundle, backend="onnxruntime").bundle
-    table = ravdess_table(a.data, enc.path("text_encoder"), enc.path("voice_encoder"), actors=actors, progress=False)
+    stages = Stages(a.bundle, backend="onnxruntime")
+    b = stages.bundle
+    table = hide_modalities(ravdess_table(a.data, b.path("text_encoder"), b.path("voice_encoder"), actors=actors,
+                                          progress=False), ("audio",))
     rows = [chosen[k] for k in sorted(matched)]
-    replay = {"true_speakers": replay_accuracy(a.bundle, table, rows, [f"actor{clips[r].actor}" for r in rows]),
-              "device_speakers": replay_accuracy(a.bundle, table, rows,
+    replay = {"true_speakers": replay_accuracy(stages, table, rows, [f"actor{clips[r].actor}" for r in rows]),
+              "device_speakers": replay_accuracy(stages, table, rows,
                                                  [f"spk{matched[k].speaker_id}" for k in sorted(matched)])}
-    res = {"bundle": a.bundle, "speaker_scoring": a.speaker_scoring, "speaker_threshold": a.threshold, "actors": actors, "clips_per_actor": a.clips,
-           "seed": a.seed, "device": device,
+    res = {"bundle": a.bundle, "speaker_scoring": a.speaker_scoring, "speaker_threshold": a.threshold,
+           "actors": actors, "clips_per_actor": a.clips, "seed": a.seed, "device": device,
            "eval": {"accuracy": ev["accuracy"], "n": ev["n"], "command": f"mlsan-edge eval --bundle {a.bundle} "
                     f"--dataset ravdess --data {a.data} --actors {a.actors} --stream --modalities audio "
                     "--backend onnxruntime --model student"},

@@ -42,6 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mlsan_edge.metrics import purity_coverage  # noqa: E402
 from mlsan_edge.runtime.speakers import SpeakerCache  # noqa: E402
 from mlsan_edge.runtime.voice_scorer import VoiceScorer  # noqa: E402
 
@@ -88,10 +89,10 @@ def counts(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     same_t = truth[:, None] == truth[None, :]
     same_p = pred[:, None] == pred[None, :]
     off = ~np.eye(len(truth), dtype=bool)
-    pure = sum(np.bincount(truth[pred == c]).max() for c in np.unique(pred))
-    cov = sum(np.bincount(pred[truth == a]).max() for a in np.unique(truth))
+    pur, cov = purity_coverage(truth, pred)
+    n = len(truth)
     return np.array([(~same_t).sum(), (~same_t & same_p).sum(), (same_t & off).sum(), (same_t & ~same_p & off).sum(),
-                     len(truth), pure, cov, len(np.unique(pred)), len(np.unique(truth))], np.int64)
+                     n, round(pur * n), round(cov * n), len(np.unique(pred)), len(np.unique(truth))], np.int64)
 
 
 def rates(c: np.ndarray) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Classification metrics in numpy (no scikit-learn on the device) and the confusion-matrix plot."""
+"""Classification and clustering metrics in numpy (no scikit-learn on the device) and the
+confusion-matrix plot."""
 
 from __future__ import annotations
 
@@ -12,6 +13,20 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
     cm = np.zeros((n_classes, n_classes), np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
     return cm
+
+
+def purity_coverage(truth, pred) -> tuple[float, float]:
+    """How speaker clusters `pred` match true identities `truth` (equal-length label sequences).
+
+    Purity: share of items whose cluster's majority label is theirs. Coverage: share of items in
+    their label's largest cluster (1.0 = every identity kept in one cluster)."""
+    _, t = np.unique(np.asarray(truth), return_inverse=True)
+    _, p = np.unique(np.asarray(pred), return_inverse=True)
+    if t.size == 0:
+        raise ValueError("purity and coverage need at least one item")
+    table = np.zeros((t.max() + 1, p.max() + 1), np.int64)  # identity x cluster counts
+    np.add.at(table, (t, p), 1)
+    return float(table.max(axis=0).sum() / t.size), float(table.max(axis=1).sum() / t.size)
 
 
 def report(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str] | tuple[str, ...]) -> dict:

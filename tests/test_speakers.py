@@ -118,6 +118,7 @@ def test_enroll_rename_merge(cache, voices):
     bob = cache.identify(voices[1][0]).speaker_id
     cache.rename(bob, "Bob")
     assert {s.name for s in cache.list()} == {"Alice", "Bob"} and cache.resolve("Bob") == bob
+    assert cache.name(bob) == "Bob" and cache.name(10_000) is None
     with pytest.raises(ValueError, match="already used"):
         cache.rename(bob, "Alice")
     cache.update_profile(bob, {"audio": np.ones(8)})

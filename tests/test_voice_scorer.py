@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from mlsan_edge.metrics import purity_coverage
 from mlsan_edge.runtime.speakers import SpeakerCache
 from mlsan_edge.runtime.voice_scorer import VoiceScorer
 
@@ -78,8 +79,7 @@ def _best_coverage(x, y, order, scorer, thresholds):
     for t in thresholds:
         cache = SpeakerCache(":memory:", scorer=scorer, voice_dim=D, threshold=t)
         ids = np.array([cache.identify(x[i]).speaker_id for i in order])
-        cov = sum(np.bincount(ids[truth == a]).max() for a in np.unique(truth)) / len(truth)
-        pur = sum(np.bincount(truth[ids == c]).max() for c in np.unique(ids)) / len(truth)
+        pur, cov = purity_coverage(truth, ids)
         if pur >= 0.95:
             best = max(best, cov)
     return best

@@ -359,7 +359,7 @@ class Runtime:
 
         probs = np.asarray(probs, np.float64).reshape(-1)
         present = [m for m, v in zip(MODALITIES, (text_vec, audio_vec, visual)) if v is not None]
-        name = next((s.name for s in self.cache.list() if s.id == sid), None)
+        name = self.cache.name(sid)
         similarity = float(match.similarity) if np.isfinite(match.similarity) else None  # None: first voice
         event = Event(
             start_s=float(job.start_s), end_s=float(job.end_s), speaker_id=sid, speaker_name=name,

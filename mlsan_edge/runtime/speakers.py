@@ -484,6 +484,12 @@ class SpeakerCache:
         if isinstance(self.path, Path):
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    def name(self, speaker_id: int) -> str | None:
+        """The speaker's display name, or None (unnamed or unknown)."""
+        with self._lock:
+            row = self._conn.execute("SELECT name FROM speakers WHERE id = ?", (speaker_id,)).fetchone()
+            return None if row is None else row[0]
+
     def list(self) -> list[SpeakerInfo]:
         """All speakers, most recently seen first."""
         with self._lock:

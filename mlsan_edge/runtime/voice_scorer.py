@@ -26,7 +26,7 @@ its RAVDESS actors and stores the tuned threshold with it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -128,8 +128,8 @@ class VoiceScorer:
         pick = np.concatenate([rng.permutation(np.where(speakers == s)[0])[:cohort_per_speaker] for s in labels])
         scorer = cls(mean.astype(np.float32), nuisance, np.zeros((0, x.shape[1]), np.float32), int(top_k),
                      float(threshold), float(prior_speakers))
-        return cls(scorer.mean, nuisance, scorer.project(x[np.sort(pick)]).astype(np.float16).astype(np.float32),
-                   int(top_k), float(threshold), float(prior_speakers))
+        cohort = scorer.project(x[np.sort(pick)]).astype(np.float16).astype(np.float32)  # as saved (fp16)
+        return replace(scorer, cohort=cohort)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
