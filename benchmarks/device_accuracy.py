@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def replay_accuracy(stages, table, rows: list[int], speakers: list[str]) -> float:
     """Accuracy (%) of `replay_table` over `rows` in that order as one stream, with `speakers`
     as their identities (`table` already audio-only)."""
-    from mlsan_edge.runtime.stages import replay_table
+    from mlsan_edge.data.replay import replay_table
 
     t = copy.copy(table)
     t.group = np.zeros_like(table.group)
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     # the eval's table rows are the clips in load_ravdess order, which `clips` shares
     from mlsan_edge.data.extract import ravdess_table
     from mlsan_edge.evaluate import hide_modalities
-    from mlsan_edge.runtime.stages import Stages
+    from mlsan_edge.backends.stages import Stages
 
     stages = Stages(a.bundle, backend="onnxruntime")
     b = stages.bundle

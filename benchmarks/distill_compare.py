@@ -28,10 +28,11 @@ def main(argv=None) -> int:
     from mlsan_edge.bundle import load_bundle
     from mlsan_edge.config import EMOTIONS
     from mlsan_edge.data.extract import meld_table, ravdess_table
-    from mlsan_edge.data.streams import stream_order
+    from mlsan_edge.data.replay import stream_order
     from mlsan_edge.metrics import report
     from mlsan_edge.model.stages import stage_macs
-    from mlsan_edge.runtime.stages import Stages, replay_table
+    from mlsan_edge.backends.stages import Stages
+    from mlsan_edge.data.replay import replay_table
     from mlsan_edge.train import load_checkpoint, predict
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv=None) -> int:
     from mlsan_edge.config import EMOTIONS
     from mlsan_edge.data.extract import meld_table
-    from mlsan_edge.data.streams import stream_order
+    from mlsan_edge.data.replay import stream_order
     from mlsan_edge.metrics import report
     from mlsan_edge.train import TrainConfig, concat_tables, fit, model_config, predict
     from mlsan_edge.training_job import encoder_paths, load_training_tables

@@ -7,7 +7,7 @@ while the clip plays, and `total_after_end` runs from the VAD chunk that closed 
 the event being ready (voice tail, speaker cache, audio features, stages 1-3). Warm-up: the
 first `--warmup` utterances are left out of the statistics.
 
-Stages: the real `mlsan_edge.runtime.stages.Stages` of `--bundle` when it has stage graphs;
+Stages: the real `mlsan_edge.backends.stages.Stages` of `--bundle` when it has stage graphs;
 otherwise a numpy stand-in (tests/fake_stages.py) — the JSON says which, and then the figure
 excludes the ONNX stage graphs (sub-millisecond MLPs on this CPU, measured by their own tests).
 
@@ -37,7 +37,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from mlsan_edge.config import TEXT_DIM, VISUAL_DIM  # noqa: E402
 from mlsan_edge.features.audio import AUDIO_DIM, load_audio  # noqa: E402
 from mlsan_edge.runtime.events import STEPS  # noqa: E402
-from mlsan_edge.runtime.session import Runtime, RuntimeConfig, bundle_voice_scorer, has_voice_scorer  # noqa: E402
+from mlsan_edge.runtime.load import bundle_voice_scorer, has_voice_scorer  # noqa: E402
+from mlsan_edge.runtime.session import Runtime, RuntimeConfig  # noqa: E402
 from mlsan_edge.runtime.speakers import SpeakerCache  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def build_stream(data: Path, actors: list[int], clips: int, seed: int) -> tuple[
 
 def load_stages(bundle: str):
     try:
-        from mlsan_edge.runtime.stages import Stages
+        from mlsan_edge.backends.stages import Stages
 
         return Stages(bundle), f"real ({bundle})"
     except Exception as e:

@@ -21,7 +21,7 @@ Per threshold, pooled over folds and streams:
 Chosen: the highest coverage on the tune streams among thresholds with purity >= 0.96 there and
 >= 0.95 on every kind of stream (4 actors mix worse than 3: one tuned on `tune` alone fell to 0.92
 purity on the 4-actor streams). `mlsan-edge train` stores it with the
-scorer it fits (`mlsan_edge.runtime.voice_scorer.DEFAULT_SCORE_THRESHOLD`).
+scorer it fits (`mlsan_edge.features.voice_scorer.DEFAULT_SCORE_THRESHOLD`).
 
     python benchmarks/speaker_threshold.py [--data ../shared/data/ravdess] [--trials 30]
 
@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from mlsan_edge.metrics import purity_coverage  # noqa: E402
 from mlsan_edge.runtime.speakers import SpeakerCache  # noqa: E402
-from mlsan_edge.runtime.voice_scorer import VoiceScorer  # noqa: E402
+from mlsan_edge.features.voice_scorer import VoiceScorer  # noqa: E402
 
 SCORE_THRESHOLDS = np.round(np.arange(-0.6, 2.01, 0.1), 2)
 COSINE_THRESHOLDS = np.round(np.arange(0.55, 0.951, 0.025), 3)

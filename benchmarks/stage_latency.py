@@ -34,7 +34,7 @@ def main(argv=None) -> int:
 
     from mlsan_edge.backends.onnxruntime import OrtBackend
     from mlsan_edge.bundle import load_bundle
-    from mlsan_edge.runtime.stages import GRAPHS
+    from mlsan_edge.backends.stages import GRAPHS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", required=True)

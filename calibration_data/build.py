@@ -37,7 +37,7 @@ def _drop_modalities(t, rows: np.ndarray, rng) -> None:
 def select_rows(data: Path, enc: dict):
     """(table, order, stream id per ordered row): RAVDESS actor-stream prefixes + MELD dialogues."""
     from mlsan_edge.data.extract import meld_table, ravdess_table
-    from mlsan_edge.data.streams import stream_order
+    from mlsan_edge.data.replay import stream_order
     from mlsan_edge.train import concat_tables
 
     rng = np.random.default_rng(SEED)
@@ -59,7 +59,7 @@ def select_rows(data: Path, enc: dict):
 
 def raw_inputs(table, order: np.ndarray, stats) -> dict[str, dict[str, np.ndarray]]:
     """The model-independent inputs of each graph, one row per utterance in stream order."""
-    from mlsan_edge.data.streams import profile_inputs
+    from mlsan_edge.data.replay import profile_inputs
 
     prof = profile_inputs(table, order, stats)
     g = table.group[order]
@@ -96,7 +96,7 @@ def build(data: Path, model_path: Path, out: Path) -> dict:
     """Write `out/<graph>.npz` (every input of that graph, first axis = utterance) and `out/build.json`."""
     import torch
 
-    from export.onnx_export import derive_inputs
+    from mlsan_edge.export.onnx_export import derive_inputs
     from mlsan_edge.training_job import encoder_paths
 
     torch.set_num_threads(1)

@@ -34,7 +34,7 @@ def run_crossval(data: Path, variants=("full",), folds: int = 5, seeds=(0,), con
                  epochs: int | None = None, text_dropout: float | None = None, ensemble: int | None = None,
                  json_out: Path | None = None,
                  progress: bool = True) -> dict:
-    from mlsan_edge.data.streams import stream_order
+    from mlsan_edge.data.replay import stream_order
     from mlsan_edge.train import concat_tables, fit, model_config, predict, train_config
     from mlsan_edge.training_job import encoder_paths, load_training_tables
 

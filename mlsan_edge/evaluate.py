@@ -71,7 +71,7 @@ def evaluate(bundle: str | Path, dataset: str, data: str | Path, split: str = "d
     replay (`runtime.stages.replay_table`); "auto" picks the most accurate model this machine can
     run: the teacher when torch is installed (and no other precision than fp32 was asked for),
     else the bundle's student graphs."""
-    from mlsan_edge.data.streams import stream_order
+    from mlsan_edge.data.replay import stream_order
 
     backend, precision, stages = _backend_choice(bundle, backend, precision, model)
     if stages is None:
@@ -79,7 +79,7 @@ def evaluate(bundle: str | Path, dataset: str, data: str | Path, split: str = "d
 
         net, stats, meta, enc = load_model(bundle)
     else:
-        from mlsan_edge.runtime.stages import replay_table
+        from mlsan_edge.data.replay import replay_table
 
         b = stages.bundle
         meta = {"model": {"name": stages.model}}
@@ -155,7 +155,7 @@ def _backend_choice(bundle, backend: str, precision: str, model: str):
     if not has_graphs:
         raise ValueError(f"{bundle} has no ONNX stage graphs: export a bundle with `mlsan-edge export`, "
                          "or use --backend torch")
-    from mlsan_edge.runtime.stages import Stages
+    from mlsan_edge.backends.stages import Stages
 
     stages = Stages(bundle, backend="auto" if backend == "auto" else backend, precision=precision, model=model)
     return stages.backends["stage3"].name, precision, stages

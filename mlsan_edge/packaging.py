@@ -35,20 +35,6 @@ def feature_contract(audio_dim: int) -> dict:
 CALIBRATION_DIR = Path(__file__).resolve().parents[1] / "calibration_data"
 
 
-def import_export_tools() -> None:
-    """Make the checkout's top-level `export/` package importable from the console script (it
-    ships with the source tree, not the wheel)."""
-    import importlib.util
-    import sys
-
-    if importlib.util.find_spec("export") is None:
-        root = Path(__file__).resolve().parents[1]
-        if not (root / "export" / "onnx_export.py").is_file():
-            raise ImportError("the export tools (export/ in the mlsan_edge source tree) are not available: "
-                              "run from a checkout with `pip install -e '.[export]'`")
-        sys.path.insert(0, str(root))
-
-
 def write_bundle(checkpoint: Path, out: Path, metrics_json: list[Path] = (), name: str | None = None,
                  student: Path | None = None, calibration: Path | None = CALIBRATION_DIR,
                  int8_graphs: tuple[str, ...] | None = None, teacher_graphs: bool = True) -> Path:
@@ -65,9 +51,8 @@ def write_bundle(checkpoint: Path, out: Path, metrics_json: list[Path] = (), nam
 
     import torch
 
-    import_export_tools()
-    from export.onnx_export import QUANTISED_GRAPHS, add_stages_to_writer, load_calibration
-    from mlsan_edge.runtime.voice_scorer import SCORER_FILE
+    from mlsan_edge.export.onnx_export import QUANTISED_GRAPHS, add_stages_to_writer, load_calibration
+    from mlsan_edge.features.voice_scorer import SCORER_FILE
     from mlsan_edge.train import load_checkpoint
 
     doc = json.loads((checkpoint / "model.json").read_text())

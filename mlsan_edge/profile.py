@@ -12,7 +12,11 @@ A profile summarises what has been *observed* of one speaker so far, never label
 prior worth `PRIOR_COUNT` utterances, so a speaker's first utterance is normalised with the
 global statistics and the speaker's own take over as evidence accumulates. Training simulates
 the device by replaying each speaker's utterances through exactly this code
-(`mlsan_edge.data.streams`), so what the model saw is what the device does.
+(`mlsan_edge.data.replay`), so what the model saw is what the device does.
+
+The rules that turn a profile into the model's inputs live here too, for the same reason:
+`GlobalStats` (the corpus prior), `profile_row` (standardising statistics for the next
+utterance) and `speaker_voice` (the earlier-voices centroid the speaker network sees).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from mlsan_edge.config import MODALITIES
 
 PRIOR_COUNT = 4.0  # utterances' worth of weight given to the global statistics
 VAR_FLOOR = 1e-4  # on the variance of standardised features
@@ -172,3 +178,57 @@ class SpeakerProfile:
             latent_sum=None if d.get("latent_sum") is None else np.asarray(d["latent_sum"], np.float64),
             latent_count=int(d.get("latent_count", 0)),
         )
+
+
+CALIBRATED = ("audio", "visual")  # the modalities stage 1 standardises per speaker
+
+
+@dataclass(frozen=True)
+class GlobalStats:
+    """Raw-space mean/var of each modality over a training table (the profile's prior)."""
+
+    mean: dict
+    var: dict
+
+    @classmethod
+    def fit(cls, t) -> "GlobalStats":
+        mean, var = {}, {}
+        for m in MODALITIES:
+            x, mask = getattr(t, m), getattr(t, f"mask_{m}")
+            x = x[mask] if mask.any() else np.zeros((1, x.shape[1]), np.float32)
+            mean[m] = x.mean(0).astype(np.float64)
+            var[m] = np.maximum(x.var(0), 1e-6).astype(np.float64)
+        return cls(mean, var)
+
+    def to_dict(self) -> dict:
+        return {"mean": {m: v.tolist() for m, v in self.mean.items()},
+                "var": {m: v.tolist() for m, v in self.var.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GlobalStats":
+        return cls({m: np.asarray(v) for m, v in d["mean"].items()}, {m: np.asarray(v) for m, v in d["var"].items()})
+
+
+def speaker_voice(p: SpeakerProfile, current: np.ndarray | None) -> np.ndarray | None:
+    """The voice input of the speaker network for the speaker's next utterance: the centroid of
+    their earlier voice embeddings, or, for a first utterance, its own embedding `current` (None
+    when there is neither). Training and device share this rule."""
+    c = p.voice_centroid()
+    if c is not None:
+        return c
+    return None if current is None else np.asarray(current, np.float32)
+
+
+def profile_row(p: SpeakerProfile, stats: GlobalStats, prior: float = PRIOR_COUNT) -> dict[str, np.ndarray]:
+    """The model's profile inputs for the next utterance of the speaker `p` (device and training)."""
+    row = {}
+    conf = []
+    for m in MODALITIES:
+        mu, var, w = p.stats[m].calibration(stats.mean[m], stats.var[m], prior)
+        conf.append(w)
+        if m in CALIBRATED:
+            row[f"profile_{m}_mean"], row[f"profile_{m}_var"] = mu, var
+        else:
+            row["profile_text_mean"] = mu
+    row["profile_conf"] = np.array(conf, np.float32)
+    return row

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from mlsan_edge.config import EMOTIONS, MODALITIES, ModelConfig
-from mlsan_edge.data.streams import GlobalStats, pack, profile_inputs, stream_order
+from mlsan_edge.data.replay import pack, profile_inputs, stream_order
+from mlsan_edge.profile import GlobalStats
 from mlsan_edge.data.table import UtteranceTable
 from mlsan_edge.features.audio import AUDIO_DIM
 from mlsan_edge.model.losses import class_weights, speaker_consistency_loss

@@ -53,7 +53,7 @@ def data_meta(train, enc: dict[str, Path]) -> dict:
 def fit_voice_scorer(train):
     """The speaker cache's `VoiceScorer`, fitted on the training table's RAVDESS voices (many
     emotions per speaker is what it learns to ignore); None without RAVDESS actors."""
-    from mlsan_edge.runtime.voice_scorer import VoiceScorer
+    from mlsan_edge.features.voice_scorer import VoiceScorer
 
     rows = train.mask_voice & np.char.startswith(train.speaker.astype(str), "ravdess")
     if len(np.unique(train.speaker[rows])) < 2:

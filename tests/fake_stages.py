@@ -1,4 +1,4 @@
-"""A stand-in for `mlsan_edge.runtime.stages.Stages` with the same API and no model file:
+"""A stand-in for `mlsan_edge.backends.stages.Stages` with the same API and no model file:
 deterministic numpy arithmetic, so runtime tests need no bundle."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import io
 import numpy as np
 
 from mlsan_edge.config import EMOTIONS, MODALITIES, TEXT_DIM, VISUAL_DIM
-from mlsan_edge.data.streams import GlobalStats
+from mlsan_edge.profile import GlobalStats
 from mlsan_edge.features.audio import AUDIO_DIM
 
 

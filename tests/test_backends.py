@@ -332,8 +332,7 @@ def test_buffers_reject_unsupported_dtypes():
 def test_tensorrt_backend_matches_onnxruntime(tmp_path, precision):
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the top-level export/ package
-    from export.tensorrt_engine import build_engine
+    from mlsan_edge.export.tensorrt_engine import build_engine
     from mlsan_edge.backends.tensorrt import TensorRTBackend
 
     onnx_path = make_tiny_onnx(tmp_path / "tiny.onnx")

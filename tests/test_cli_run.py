@@ -12,6 +12,7 @@ import soundfile as sf
 
 from fake_stages import FakeStages
 from mlsan_edge import cli
+from mlsan_edge.runtime import load as L
 from mlsan_edge.runtime import session as S
 from test_session import DIMS, FIELDS, check_event, speech, speech_stream
 
@@ -22,7 +23,7 @@ def fake_runtime(monkeypatch):
 
     def load(bundle="default", backend="auto", cache=None, config=S.RuntimeConfig(), precision="auto"):
         return S.Runtime(FakeStages(), SpeakerCache(cache or ":memory:", dims=DIMS), config)
-    monkeypatch.setattr(S, "load_runtime", load)
+    monkeypatch.setattr(L, "load_runtime", load)
 
 
 def test_run_writes_one_json_line_per_utterance(tmp_path, fake_runtime, capsys):

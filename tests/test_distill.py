@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import HAVE_TORCH, requires_torch
-from mlsan_edge.data.streams import GlobalStats, stream_order
+from mlsan_edge.data.replay import stream_order
+from mlsan_edge.profile import GlobalStats
 
 pytestmark = requires_torch
 

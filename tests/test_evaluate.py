@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mlsan_edge.evaluate import evaluate, hide_modalities
-from tests.test_streams import make_table
+from tests.test_replay import make_table
 
 
 def test_hide_modalities_masks_and_zeroes_what_is_hidden():

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import HAVE_TORCH, requires_torch
-from mlsan_edge.data.streams import GlobalStats, pack, profile_inputs, stream_order
+from mlsan_edge.data.replay import pack, profile_inputs, stream_order
+from mlsan_edge.profile import GlobalStats
 from mlsan_edge.data.table import UtteranceTable
 
 pytestmark = requires_torch

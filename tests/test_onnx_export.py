@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 
 from conftest import HAVE_TORCH, requires_torch
-from mlsan_edge.data.streams import GlobalStats, stream_order
+from mlsan_edge.data.replay import stream_order
+from mlsan_edge.profile import GlobalStats
 
 pytestmark = requires_torch
 
 if HAVE_TORCH:
     import torch
 
-    from export.onnx_export import PARITY_TOL, derive_inputs, export_stages, quantise_stages, write_stage_bundle
+    from mlsan_edge.export.onnx_export import PARITY_TOL, derive_inputs, export_stages, quantise_stages, write_stage_bundle
     from test_stages import make_model, make_table, tiny
 
 
@@ -48,7 +49,7 @@ def test_export_is_simplified_opset17_and_matches_torch(tmp_path):
 def test_int8_is_symmetric_qdq_and_close(tmp_path):
     import onnxruntime as ort
 
-    from export.quantize import check_qdq
+    from mlsan_edge.export.quantize import check_qdq
 
     table = make_table(n_groups=6)
     model = make_model(tiny("student"), table)
@@ -68,7 +69,7 @@ def test_int8_is_symmetric_qdq_and_close(tmp_path):
 
 def test_bundle_roles_and_precision_fallback(tmp_path):
     from mlsan_edge.bundle import load_bundle
-    from mlsan_edge.runtime.stages import Stages
+    from mlsan_edge.backends.stages import Stages
 
     table = make_table(n_groups=4)
     model = make_model(tiny("student"), table)
@@ -86,7 +87,7 @@ def test_bundle_roles_and_precision_fallback(tmp_path):
 
 
 def test_calibration_with_wrong_feature_shape_is_refused():
-    from export.quantize import CalibrationError
+    from mlsan_edge.export.quantize import CalibrationError
 
     table = make_table()
     model = make_model(tiny("student"), table)

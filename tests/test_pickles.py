@@ -12,7 +12,8 @@ import pytest
 from mlsan_edge.config import EMOTIONS, VOICE_DIM
 from mlsan_edge.data.pickles import load_feature_pickle, read_pickle
 from mlsan_edge.data.ravdess import DataError
-from mlsan_edge.data.streams import GlobalStats, profile_inputs, stream_order
+from mlsan_edge.data.replay import profile_inputs, stream_order
+from mlsan_edge.profile import GlobalStats
 from mlsan_edge.data.table import UtteranceTable
 
 D_TEXT, D_AUDIO, D_VISUAL, N_SLOTS = 6, 5, 4, 9

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the top-level export/ package
 
-from export.quantize import (  # noqa: E402
+from mlsan_edge.export.quantize import (  # noqa: E402
     CalibrationError,
     QuantizationError,
     calibration_reader_from_dir,

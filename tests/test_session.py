@@ -20,7 +20,8 @@ from mlsan_edge.config import EMOTIONS, TEXT_DIM, VISUAL_DIM
 from mlsan_edge.features.audio import AUDIO_DIM
 from mlsan_edge.runtime.budgets import BudgetTracker, Budgets
 from mlsan_edge.runtime.events import STEPS
-from mlsan_edge.runtime.session import DropOldestQueue, Runtime, RuntimeConfig, TextSource, load_runtime
+from mlsan_edge.runtime.load import load_runtime
+from mlsan_edge.runtime.session import DropOldestQueue, Runtime, RuntimeConfig, TextSource
 import soundfile as sf
 from mlsan_edge.runtime.speakers import SpeakerCache
 
@@ -207,10 +208,16 @@ def test_runtime_imports_without_torch(tmp_path):
         "        if name == 'torch' or name.startswith('torch.'):\n"
         "            raise ImportError('torch is blocked in this test')\n"
         "sys.meta_path.insert(0, _NoTorch())\n")
-    code = ("import mlsan_edge, mlsan_edge.runtime, sys\n"
-            "from mlsan_edge.runtime import session, face, budgets, events, embedding, commands, speakers, vad\n"
-            "from mlsan_edge.runtime.session import load_runtime\n"
-            "import mlsan_edge.cli\n"
+    # every module the device runs: the contract, features/, backends/, runtime/, demo/ and the CLI
+    code = ("import importlib, pkgutil, sys\n"
+            "import mlsan_edge\n"
+            "names = ['mlsan_edge.config', 'mlsan_edge.bundle', 'mlsan_edge.profile', 'mlsan_edge.metrics', 'mlsan_edge.cli']\n"
+            "for pkg in ('features', 'backends', 'runtime', 'demo', 'cli'):\n"
+            "    p = importlib.import_module('mlsan_edge.' + pkg)\n"
+            "    names += ['mlsan_edge.%s.%s' % (pkg, m.name) for m in pkgutil.iter_modules(p.__path__)]\n"
+            "for n in names:\n"
+            "    importlib.import_module(n)\n"
+            "assert len(names) > 25, names\n"
             "assert 'torch' not in sys.modules\n"
             "print('ok')\n")
     env = {"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin"}
@@ -220,7 +227,7 @@ def test_runtime_imports_without_torch(tmp_path):
 
 def _bundle_with_stages():
     try:
-        from mlsan_edge.runtime.stages import Stages
+        from mlsan_edge.backends.stages import Stages
 
         return Stages("default")
     except Exception as e:  # no bundle, or one without stage graphs
@@ -246,8 +253,8 @@ def test_end_to_end_cremad_clip():
 def test_speaker_scoring_choice_is_checked_and_a_missing_scorer_is_explained(tmp_path):
     from types import SimpleNamespace
 
-    from mlsan_edge.runtime.session import bundle_voice_scorer
-    from mlsan_edge.runtime.voice_scorer import SCORER_FILE, VoiceScorer
+    from mlsan_edge.runtime.load import bundle_voice_scorer
+    from mlsan_edge.features.voice_scorer import SCORER_FILE, VoiceScorer
 
     with pytest.raises(ValueError, match="unknown speaker_scoring 'plda'"):
         RuntimeConfig(speaker_scoring="plda")

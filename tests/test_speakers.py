@@ -34,7 +34,7 @@ def _synthetic_voices(n_speakers: int, n_each: int, seed: int = 0) -> dict[int, 
 
 def _speech(wav: np.ndarray) -> np.ndarray:
     """The VAD-cut speech of a clip, as the runtime embeds it (silence makes voices look alike)."""
-    from mlsan_edge.runtime.vad import segment
+    from mlsan_edge.features.vad import segment
 
     utts = segment(wav)
     return np.concatenate([u.audio for u in utts]) if utts else wav

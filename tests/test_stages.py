@@ -1,5 +1,5 @@
 """Per-utterance stage graphs: exact parity with MLSAN.forward (torch) and with train.predict
-through the onnxruntime runtime (`mlsan_edge.runtime.stages`), including ablations, missing
+through the onnxruntime runtime (`mlsan_edge.backends.stages`), including ablations, missing
 modalities and multi-layer context."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 
 from conftest import HAVE_DATA, HAVE_TORCH, SHARED_DATA, requires_torch
 from mlsan_edge.config import MODALITIES
-from mlsan_edge.data.streams import GlobalStats, pack, profile_inputs, stream_order
+from mlsan_edge.data.replay import pack, profile_inputs, stream_order
+from mlsan_edge.profile import GlobalStats
 from mlsan_edge.data.table import UtteranceTable
 
 pytestmark = requires_torch
@@ -131,8 +132,8 @@ def _runtime_probs(stages, table: UtteranceTable, order: np.ndarray, stats: Glob
     """Replay `order` through `Stages` exactly as the device does (profile per speaker, history
     per stream, reset at each new stream)."""
     from mlsan_edge.profile import SpeakerProfile
-    from mlsan_edge.data.streams import profile_row
-    from mlsan_edge.runtime.stages import ContextHistory
+    from mlsan_edge.profile import profile_row
+    from mlsan_edge.backends.stages import ContextHistory
 
     dims = {m: getattr(table, m).shape[1] for m in MODALITIES}
     probs = np.zeros((len(table), 7), np.float32)
@@ -158,7 +159,7 @@ def _runtime_probs(stages, table: UtteranceTable, order: np.ndarray, stats: Glob
 
 
 def _export(model, stats, tmp_path, name="student"):
-    from export.onnx_export import write_stage_bundle
+    from mlsan_edge.export.onnx_export import write_stage_bundle
 
     return write_stage_bundle(tmp_path / "bundle", {name: model}, stats, classes=None)
 
@@ -168,7 +169,7 @@ def test_runtime_matches_predict_generated(tmp_path, config):
     table = make_table(seed=3)
     stats = GlobalStats.fit(table)
     model = make_model(tiny(config), table)
-    from mlsan_edge.runtime.stages import Stages
+    from mlsan_edge.backends.stages import Stages
 
     stages = Stages(_export(model, stats, tmp_path, config), backend="onnxruntime", precision="fp32")
     assert stages.history_len == history_len(model) and stages.hidden == model.cfg.hidden
@@ -184,7 +185,7 @@ def test_runtime_matches_predict_real(tmp_path):
     """A RAVDESS actor stream (audio + visual + neutral text) and MELD dialogues (text only) with
     a freshly initialised full-size student: the real feature ranges, not tiny random ones."""
     from mlsan_edge.data.extract import meld_table
-    from mlsan_edge.runtime.stages import Stages
+    from mlsan_edge.backends.stages import Stages
     from mlsan_edge.training_job import encoder_paths
 
     from mlsan_edge.data.extract import file_sha

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the top-level export/ package
 
 from export import tensorrt_engine as te  # noqa: E402
 from mlsan_edge.backends import engine_cache, tensorrt as trt_backend  # noqa: E402

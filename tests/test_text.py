@@ -113,7 +113,7 @@ def test_fp32_export_matches_torch(tmp_path, torch_reference):
     np.testing.assert_allclose(enc.embed_batch(SENTENCES, batch_size=3), ref, atol=1e-4)
     # the INT8 copy the export ships stays close to fp32. (The shipped asset itself holds the
     # MELD-tuned weights, which are not in the repository, so the check runs on the base model.)
-    from export.text_encoder import quantize_dynamic_int8
+    from mlsan_edge.export.text_encoder import quantize_dynamic_int8
 
     int8 = TextEncoder(onnx_path=quantize_dynamic_int8(tmp_path / "text_encoder.fp32.onnx", tmp_path / "int8.onnx"))
     cos = (int8.embed_batch(SENTENCES) * ref).sum(axis=1)

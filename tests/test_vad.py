@@ -9,7 +9,7 @@ import pytest
 
 from mlsan_edge.features.audio import load_audio
 from mlsan_edge.runtime.sources import open_audio
-from mlsan_edge.runtime.vad import CHUNK_SAMPLES, Segmenter, SileroVAD, VADConfig, segment
+from mlsan_edge.features.vad import CHUNK_SAMPLES, Segmenter, SileroVAD, VADConfig, segment
 
 SR = 16_000
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "speech_ravdess_a01.flac"
@@ -154,7 +154,7 @@ def test_three_ravdess_clips_give_three_utterances(shared_data):
 
 
 def test_speech_span_cuts_the_silence_around_a_sentence():
-    from mlsan_edge.runtime.vad import speech_span
+    from mlsan_edge.features.vad import speech_span
 
     clip = load_audio(FIXTURE)
     padded = np.concatenate([np.zeros(16000, np.float32), clip, np.zeros(16000, np.float32)])

@@ -5,7 +5,7 @@ import pytest
 
 from mlsan_edge.metrics import purity_coverage
 from mlsan_edge.runtime.speakers import SpeakerCache
-from mlsan_edge.runtime.voice_scorer import VoiceScorer
+from mlsan_edge.features.voice_scorer import VoiceScorer
 
 D = 32
 

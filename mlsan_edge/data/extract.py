@@ -30,7 +30,7 @@ def file_sha(path: Path) -> str:
 def _audio_and_voice(path: str, voice_path: str | None) -> tuple[np.ndarray, np.ndarray]:
     """Features of the speech in a clip as the device cuts it (its VAD), not of the whole file:
     RAVDESS clips hold ~1 s of silence around the sentence, which the device never sees."""
-    from mlsan_edge.runtime.vad import SileroVAD, speech_span
+    from mlsan_edge.features.vad import SileroVAD, speech_span
 
     if not _VAD:
         _VAD.append(SileroVAD())

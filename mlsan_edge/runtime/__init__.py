@@ -7,7 +7,11 @@ __all__ = ["load_runtime", "Runtime", "RuntimeConfig", "Event", "Session"]
 
 
 def __getattr__(name):
-    if name in ("load_runtime", "Runtime", "RuntimeConfig", "Session"):
+    if name == "load_runtime":
+        from mlsan_edge.runtime.load import load_runtime
+
+        return load_runtime
+    if name in ("Runtime", "RuntimeConfig", "Session"):
         from mlsan_edge.runtime import session
 
         return getattr(session, name)

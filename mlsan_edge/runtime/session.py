@@ -39,7 +39,7 @@ import numpy as np
 from mlsan_edge.config import EMOTIONS, MODALITIES, SAMPLE_RATE, TEXT_DIM, VISUAL_DIM, VOICE_DIM
 from mlsan_edge.runtime.budgets import BudgetTracker, Budgets
 from mlsan_edge.runtime.events import Event
-from mlsan_edge.runtime.vad import VADConfig
+from mlsan_edge.features.vad import VADConfig
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class Runtime:
     Build it with `load_runtime`; `Runtime(stages, cache)` lets tests inject fakes.
 
     Args:
-        stages: a `mlsan_edge.runtime.stages.Stages` (or anything with its API).
+        stages: a `mlsan_edge.backends.stages.Stages` (or anything with its API).
         cache: a `SpeakerCache`.
         config: behaviour (VAD, budgets, queues, face).
         voice: a `VoiceEncoder` (default: the packaged one, one thread).
@@ -370,7 +370,7 @@ class Runtime:
             face=face_info, degraded=degraded, dropped=dict(dropped), text=text)
         event.params_cached = params_cached  # not serialised: for tests and benchmarks
 
-        # after the prediction, as in training (mlsan_edge.data.streams.profile_inputs); the
+        # after the prediction, as in training (mlsan_edge.data.replay.profile_inputs); the
         # parameters for the speaker's next utterance are computed now, off the latency path
         t = clock()
         self.cache.update_profile(sid, {"audio": audio_vec, "visual": visual, "text": text_vec},
@@ -384,7 +384,7 @@ class Runtime:
     def _compute_params(self, sid: int, current_voice: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """FiLM/gate parameters for the speaker's next utterance from their profile as it stands;
         cached in the speaker cache under the profile version they were computed from."""
-        from mlsan_edge.data.streams import profile_row, speaker_voice
+        from mlsan_edge.profile import profile_row, speaker_voice
         from mlsan_edge.profile import ModalityStats
 
         version = self.cache.profile_version(sid)
@@ -415,7 +415,7 @@ class Runtime:
             on_event: called with each event from the processing thread.
         """
         self._check_open()
-        from mlsan_edge.runtime.stream import LiveStream
+        from mlsan_edge.runtime.live import LiveStream
 
         return LiveStream(self, audio, video, text if isinstance(text, TextSource) else TextSource(text), on_event).run()
 
@@ -526,52 +526,3 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def load_runtime(bundle: str = "default", backend: str = "auto", cache=None,
-                 config: RuntimeConfig = RuntimeConfig(), precision: str = "auto") -> Runtime:
-    """Load the stage graphs of a bundle and open (or create) the speaker cache.
-
-    Args:
-        bundle: bundle folder or "default".
-        backend: "auto", "onnxruntime" or "tensorrt".
-        cache: SQLite path of the persistent speaker cache, a `SpeakerCache`, or None for a
-            throw-away in-memory cache.
-        config: runtime behaviour.
-        precision: "auto", "fp32", "fp16" or "int8" (what the bundle offers).
-    """
-    from mlsan_edge.features.audio import AUDIO_DIM
-    from mlsan_edge.runtime.speakers import SpeakerCache
-    from mlsan_edge.runtime.stages import Stages
-
-    stages = Stages(bundle, backend=backend, precision=precision)
-    if int(stages.audio_dim) != AUDIO_DIM:
-        raise ValueError(f"bundle {bundle!r} expects {stages.audio_dim}-d audio features but this mlsan_edge computes "
-                         f"{AUDIO_DIM}-d ones; re-export the bundle with this version")
-    if cache is None or isinstance(cache, (str, Path)):
-        dims = {"audio": AUDIO_DIM, "visual": VISUAL_DIM, "text": TEXT_DIM}
-        scorer = None
-        if config.speaker_scoring == "scorer" or (config.speaker_scoring == "auto" and has_voice_scorer(stages.bundle)):
-            scorer = bundle_voice_scorer(stages.bundle)
-        elif config.speaker_scoring == "auto":
-            log.warning("bundle %s has no voice scorer: matching speakers by plain cosine (more splits on "
-                        "emotional speech); re-export it with this version", stages.bundle.root)
-        cache = SpeakerCache(":memory:" if cache is None else cache, threshold=config.speaker_threshold, dims=dims,
-                             voice_dim=VOICE_DIM, scorer=scorer)
-    return Runtime(stages, cache, config)
-
-
-def has_voice_scorer(bundle) -> bool:
-    from mlsan_edge.runtime.voice_scorer import SCORER_FILE
-
-    return SCORER_FILE in bundle.manifest.files
-
-
-def bundle_voice_scorer(bundle):
-    """The bundle's `VoiceScorer` (speakers/voice_scorer.npz); ValueError when it has none."""
-    from mlsan_edge.runtime.voice_scorer import SCORER_FILE, VoiceScorer
-
-    if SCORER_FILE not in bundle.manifest.files:
-        raise ValueError(f"bundle {bundle.root} has no voice scorer ({SCORER_FILE}); use speaker_scoring='cosine' "
-                         "or re-export the bundle with this version (`mlsan-edge train` fits the scorer)")
-    return VoiceScorer.load(bundle.root / SCORER_FILE)

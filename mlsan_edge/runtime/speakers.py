@@ -9,7 +9,7 @@ matching a voice does not invalidate them. No audio or images are ever stored: o
 statistics.
 
 A voice embedding is scored against every speaker's centroid: with the bundle's `VoiceScorer`
-(emotion directions projected out, AS-norm against a cohort; `mlsan_edge.runtime.voice_scorer`)
+(emotion directions projected out, AS-norm against a cohort; `mlsan_edge.features.voice_scorer`)
 or, without one, by plain cosine similarity. At or above `threshold` it is that speaker; below
 `new_threshold` (default: the same value) it is a new speaker; in between it is attributed to the
 nearest speaker but does not move their centroid (so an ambiguous voice cannot drag one speaker

@@ -52,7 +52,9 @@ def run_command(a: argparse.Namespace) -> int:
     out = sys.stdout if a.events == "-" else open(a.events, "w", encoding="utf-8")
     n = 0
     try:
-        with S.load_runtime(a.bundle, backend=a.backend, cache=a.cache, config=config) as rt:
+        from mlsan_edge.runtime.load import load_runtime
+
+        with load_runtime(a.bundle, backend=a.backend, cache=a.cache, config=config) as rt:
             events = rt.stream(audio=a.audio, video=a.video, text=text)
             try:
                 for ev in events:
@@ -91,7 +93,7 @@ def enrollment_embeddings(path: str | Path, voice=None):
 
     from mlsan_edge.features.audio import load_audio
     from mlsan_edge.features.voice import VoiceEncoder
-    from mlsan_edge.runtime.vad import segment
+    from mlsan_edge.features.vad import segment
 
     wav = load_audio(path)
     voice = voice or VoiceEncoder()

@@ -8,41 +8,16 @@ streams into padded (B, T) arrays for the network.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mlsan_edge.config import MODALITIES
 from mlsan_edge.data.table import UtteranceTable
-from mlsan_edge.profile import PRIOR_COUNT, SpeakerProfile
+from mlsan_edge.profile import CALIBRATED, PRIOR_COUNT, GlobalStats, SpeakerProfile, profile_row, speaker_voice
 
-CALIBRATED = ("audio", "visual")
-
-
-@dataclass(frozen=True)
-class GlobalStats:
-    """Raw-space mean/var of each modality over a training table (the profile's prior)."""
-
-    mean: dict
-    var: dict
-
-    @classmethod
-    def fit(cls, t: UtteranceTable) -> "GlobalStats":
-        mean, var = {}, {}
-        for m in MODALITIES:
-            x, mask = getattr(t, m), getattr(t, f"mask_{m}")
-            x = x[mask] if mask.any() else np.zeros((1, x.shape[1]), np.float32)
-            mean[m] = x.mean(0).astype(np.float64)
-            var[m] = np.maximum(x.var(0), 1e-6).astype(np.float64)
-        return cls(mean, var)
-
-    def to_dict(self) -> dict:
-        return {"mean": {m: v.tolist() for m, v in self.mean.items()},
-                "var": {m: v.tolist() for m, v in self.var.items()}}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GlobalStats":
-        return cls({m: np.asarray(v) for m, v in d["mean"].items()}, {m: np.asarray(v) for m, v in d["var"].items()})
+if TYPE_CHECKING:
+    from mlsan_edge.backends.stages import Stages
 
 
 def stream_order(t: UtteranceTable, shuffle_groups: set[int] | None = None, seed: int = 0) -> np.ndarray:
@@ -90,31 +65,6 @@ def profile_inputs(t: UtteranceTable, order: np.ndarray, stats: GlobalStats,
     return out
 
 
-def speaker_voice(p: SpeakerProfile, current: np.ndarray | None) -> np.ndarray | None:
-    """The voice input of the speaker network for the speaker's next utterance: the centroid of
-    their earlier voice embeddings, or, for a first utterance, its own embedding `current` (None
-    when there is neither). Training and device share this rule."""
-    c = p.voice_centroid()
-    if c is not None:
-        return c
-    return None if current is None else np.asarray(current, np.float32)
-
-
-def profile_row(p: SpeakerProfile, stats: GlobalStats, prior: float = PRIOR_COUNT) -> dict[str, np.ndarray]:
-    """The model's profile inputs for the next utterance of the speaker `p` (device and training)."""
-    row = {}
-    conf = []
-    for m in MODALITIES:
-        mu, var, w = p.stats[m].calibration(stats.mean[m], stats.var[m], prior)
-        conf.append(w)
-        if m in CALIBRATED:
-            row[f"profile_{m}_mean"], row[f"profile_{m}_var"] = mu, var
-        else:
-            row["profile_text_mean"] = mu
-    row["profile_conf"] = np.array(conf, np.float32)
-    return row
-
-
 def pack(t: UtteranceTable, order: np.ndarray, prof: dict[str, np.ndarray],
          max_len: int | None = None) -> dict[str, np.ndarray]:
     """Pack streams (consecutive runs of one group in `order`) into padded (B, T, ...) arrays.
@@ -145,3 +95,29 @@ def pack(t: UtteranceTable, order: np.ndarray, prof: dict[str, np.ndarray],
     same[:, 1:] = (spk[:, 1:] == spk[:, :-1]) & valid[:, 1:]
     batch["same_speaker_prev"] = same
     return batch
+
+
+def replay_table(stages: "Stages", table, order: np.ndarray) -> dict[str, np.ndarray]:
+    """Run an `UtteranceTable` through `stages` one utterance at a time in `order`, as the device
+    does: one online profile per speaker (`mlsan_edge.profile`), one context history per stream
+    (group), reset when the stream changes. Returns probs (N, C) and trust (N, 3) aligned with
+    the table rows, like `train.predict`."""
+    dims = {m: getattr(table, m).shape[1] for m in MODALITIES}
+    probs = np.zeros((len(table), len(stages.classes)), np.float32)
+    trust = np.zeros((len(table), len(MODALITIES)), np.float32)
+    history, profiles, prev_group, prev_speaker = stages.new_history(), {}, None, None
+    for i in order:
+        if table.group[i] != prev_group:
+            history.reset()
+            prev_group, prev_speaker = table.group[i], None
+        p = profiles.setdefault(table.speaker[i], SpeakerProfile(dims=dims, voice_dim=table.voice.shape[1]))
+        has = {m: bool(getattr(table, f"mask_{m}")[i]) for m in MODALITIES}
+        voice = table.voice[i] if table.mask_voice[i] else None
+        params = stages.speaker_params(profile_row(p, stages.global_stats), speaker_voice(p, voice))
+        p.update({m: getattr(table, m)[i] if has[m] else None for m in MODALITIES}, voice=voice)
+        cal = stages.stage1(table.audio[i] if has["audio"] else None, table.visual[i] if has["visual"] else None, params)
+        fused, tr = stages.stage2(table.text[i] if has["text"] else None, cal, params)
+        probs[i], _ = stages.stage3(fused, table.speaker[i] == prev_speaker, history)
+        trust[i] = [tr[m] for m in MODALITIES]
+        prev_speaker = table.speaker[i]
+    return {"probs": probs, "trust": trust}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from mlsan_edge.config import MODALITIES
-from mlsan_edge.data.streams import GlobalStats, pack, profile_inputs, profile_row, stream_order
+from mlsan_edge.data.replay import pack, profile_inputs, stream_order
+from mlsan_edge.profile import GlobalStats, profile_row
 from mlsan_edge.data.table import UtteranceTable
 from mlsan_edge.profile import PRIOR_COUNT, VAR_FLOOR, SpeakerProfile
 

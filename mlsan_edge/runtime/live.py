@@ -19,7 +19,7 @@ import numpy as np
 from mlsan_edge.runtime.events import Event
 from mlsan_edge.runtime.session import (LIVE_SCHEMES, DropOldestQueue, TextSource, _Conversation, _Job,
                                         _safe_call)
-from mlsan_edge.runtime.vad import Segmenter
+from mlsan_edge.features.vad import Segmenter
 
 if TYPE_CHECKING:
     from mlsan_edge.runtime.session import Runtime
@@ -169,7 +169,7 @@ class LiveStream:
             vsrc.close()
 
     def _vad(self) -> None:
-        from mlsan_edge.runtime.embedding import StreamingVoiceEmbedder
+        from mlsan_edge.features.voice_stream import StreamingVoiceEmbedder
 
         seg = Segmenter(self.rt.config.vad)
         emb = StreamingVoiceEmbedder(self.rt.voice)

@@ -113,19 +113,16 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_build_engine(a: argparse.Namespace) -> int:
     """TensorRT engines for every stage graph of the bundle's model (int8 graphs where the bundle
     has them, fp16 for the rest), each printed as its trtexec equivalent first."""
-    from mlsan_edge.packaging import import_export_tools
-
-    import_export_tools()
-    from export.tensorrt_engine import ensure_engine, profiles_from_spec, trtexec_command
+    from mlsan_edge.export.tensorrt_engine import ensure_engine, profiles_from_spec, trtexec_command
     from mlsan_edge.backends.select import onnx_role_for
     from mlsan_edge.bundle import load_bundle
-    from mlsan_edge.runtime.stages import GRAPHS, MODELS
+    from mlsan_edge.backends.stages import GRAPHS, MODELS
 
     bundle = load_bundle(a.bundle)
     model = a.model if a.model != "auto" else next((m for m in MODELS if bundle.variants(f"{m}.stage3")), None)
     if model is None:
         raise ValueError(f"bundle {bundle.root} has no stage graphs; roles: {bundle.roles}")
-    from export.tensorrt_engine import EngineBuildError, TensorRTUnavailable
+    from mlsan_edge.export.tensorrt_engine import EngineBuildError, TensorRTUnavailable
 
     for g in GRAPHS:
         base = f"{model}.{g}"
@@ -253,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", default=None, help="also write the metrics and per-clip predictions here")
     d.set_defaults(func=cmd_demo)
 
-    from mlsan_edge.runtime.commands import add_parsers as add_runtime_parsers  # run, speakers (no torch)
+    from mlsan_edge.cli.device import add_parsers as add_runtime_parsers  # run, speakers (no torch)
 
     add_runtime_parsers(sub)
 

@@ -9,7 +9,7 @@
 
 `speaker_params` depends only on the speaker's profile and voice centroid: the speaker cache
 stores it (`params_to_bytes`) and recomputes it only when the profile changes. Feeding the
-inputs as `mlsan_edge.data.streams.profile_inputs` replays them reproduces `train.predict`
+inputs as `mlsan_edge.data.replay.profile_inputs` replays them reproduces `train.predict`
 (tests/test_stages.py). The graphs are `mlsan_edge.model.stages`, exported by `export/onnx_export.py`.
 """
 
@@ -22,10 +22,10 @@ from typing import Mapping
 
 import numpy as np
 
-from mlsan_edge.backends import create_backend
+from mlsan_edge.backends.select import create_backend
 from mlsan_edge.bundle import Bundle, load_bundle
 from mlsan_edge.config import MODALITIES
-from mlsan_edge.data.streams import GlobalStats
+from mlsan_edge.profile import GlobalStats
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Stages:
         """Speaker representation and FiLM parameters for the speaker's next utterance.
 
         Args:
-            profile_row: `mlsan_edge.data.streams.profile_row(profile, stages.global_stats)`.
+            profile_row: `mlsan_edge.data.replay.profile_row(profile, stages.global_stats)`.
             voice: the speaker's voice-embedding centroid including this utterance (D_s,), or
                 None when this utterance has no voice embedding.
 
@@ -211,33 +211,4 @@ class Stages:
         return f"Stages({self.model!r}, {self.bundle.root}, precisions={self.precisions})"
 
 
-def replay_table(stages: Stages, table, order: np.ndarray) -> dict[str, np.ndarray]:
-    """Run an `UtteranceTable` through `stages` one utterance at a time in `order`, as the device
-    does: one online profile per speaker (`mlsan_edge.profile`), one context history per stream
-    (group), reset when the stream changes. Returns probs (N, C) and trust (N, 3) aligned with
-    the table rows, like `train.predict`."""
-    from mlsan_edge.data.streams import profile_row, speaker_voice
-    from mlsan_edge.profile import SpeakerProfile
-
-    dims = {m: getattr(table, m).shape[1] for m in MODALITIES}
-    probs = np.zeros((len(table), len(stages.classes)), np.float32)
-    trust = np.zeros((len(table), len(MODALITIES)), np.float32)
-    history, profiles, prev_group, prev_speaker = stages.new_history(), {}, None, None
-    for i in order:
-        if table.group[i] != prev_group:
-            history.reset()
-            prev_group, prev_speaker = table.group[i], None
-        p = profiles.setdefault(table.speaker[i], SpeakerProfile(dims=dims, voice_dim=table.voice.shape[1]))
-        has = {m: bool(getattr(table, f"mask_{m}")[i]) for m in MODALITIES}
-        voice = table.voice[i] if table.mask_voice[i] else None
-        params = stages.speaker_params(profile_row(p, stages.global_stats), speaker_voice(p, voice))
-        p.update({m: getattr(table, m)[i] if has[m] else None for m in MODALITIES}, voice=voice)
-        cal = stages.stage1(table.audio[i] if has["audio"] else None, table.visual[i] if has["visual"] else None, params)
-        fused, tr = stages.stage2(table.text[i] if has["text"] else None, cal, params)
-        probs[i], _ = stages.stage3(fused, table.speaker[i] == prev_speaker, history)
-        trust[i] = [tr[m] for m in MODALITIES]
-        prev_speaker = table.speaker[i]
-    return {"probs": probs, "trust": trust}
-
-
-__all__ = ["Stages", "ContextHistory", "replay_table", "GRAPHS", "GLOBAL_STATS_FILE"]
+__all__ = ["Stages", "ContextHistory", "GRAPHS", "GLOBAL_STATS_FILE"]
