@@ -144,7 +144,7 @@ def load_calibration(directory: Path) -> dict[str, dict[str, np.ndarray]]:
     for g in GRAPHS:
         f = Path(directory) / f"{g}.npz"
         if not f.is_file():
-            from mlsan_edge.export.quantize import CalibrationError
+            from .quantize import CalibrationError
 
             raise CalibrationError(f"calibration file {f} is missing; rebuild with "
                                    "`python -m calibration_data.build` (see calibration_data/README.md)")
@@ -162,7 +162,7 @@ def derive_inputs(model, calib: Mapping[str, Mapping[str, np.ndarray]]) -> dict[
 
     from mlsan_edge.model.stages import graph_io, history_len, stage_modules
 
-    from mlsan_edge.export.quantize import CalibrationError
+    from .quantize import CalibrationError
 
     io, mods = graph_io(model), stage_modules(model)
     for g, names in RAW_INPUTS.items():
@@ -211,7 +211,7 @@ def quantise_stages(graphs: Mapping[str, dict], inputs: Mapping[str, Mapping[str
     `inputs` (per graph, as `derive_inputs` returns). Returns {graph: {"path", "report"}}."""
     from dataclasses import asdict
 
-    from mlsan_edge.export.quantize import quantize_qdq
+    from .quantize import quantize_qdq
 
     res = {}
     for g in only:

@@ -446,7 +446,7 @@ def verify_engine(
     The reference is onnxruntime on the CPU running the *same* ONNX file the engine was built
     from, so the report measures TensorRT, not quantisation (the accuracy gate does that).
     """
-    from mlsan_edge.export.quantize import calibration_reader_from_dir
+    from .quantize import calibration_reader_from_dir
     from mlsan_edge.backends.onnxruntime import OrtBackend
     from mlsan_edge.backends.tensorrt import TensorRTBackend
 
