@@ -13,7 +13,8 @@ import soundfile as sf
 from fake_stages import FakeStages
 from mlsan_edge import cli
 from mlsan_edge.runtime import load as L
-from mlsan_edge.runtime import session as S
+from mlsan_edge.runtime.config import RuntimeConfig
+from mlsan_edge.runtime.session import Runtime
 from test_session import DIMS, FIELDS, check_event, speech, speech_stream
 
 
@@ -21,8 +22,8 @@ from test_session import DIMS, FIELDS, check_event, speech, speech_stream
 def fake_runtime(monkeypatch):
     from mlsan_edge.runtime.speakers import SpeakerCache
 
-    def load(bundle="default", backend="auto", cache=None, config=S.RuntimeConfig(), precision="auto"):
-        return S.Runtime(FakeStages(), SpeakerCache(cache or ":memory:", dims=DIMS), config)
+    def load(bundle="default", backend="auto", cache=None, config=RuntimeConfig(), precision="auto"):
+        return Runtime(FakeStages(), SpeakerCache(cache or ":memory:", dims=DIMS), config)
     monkeypatch.setattr(L, "load_runtime", load)
 
 

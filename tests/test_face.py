@@ -11,8 +11,9 @@ import pytest
 from conftest import SHARED_DATA
 from mlsan_edge.config import VISUAL_DIM
 from mlsan_edge.data.ravdess import AU_COLUMNS
-from mlsan_edge.runtime.face import (AU_C, AU_R, MEASURES, FaceObs, FrameFaces, VisualBaselines, attribute, au_vector,
-                                     derived_mask, geometric_measures, visual_features)
+from mlsan_edge.runtime.face_features import (AU_C, AU_R, VisualBaselines, attribute, au_vector, derived_mask,
+                                              visual_features)
+from mlsan_edge.runtime.face_tracking import MEASURES, FaceObs, FrameFaces, geometric_measures
 
 CLIP = SHARED_DATA / "talking" / "cremad_1001_6emotions_13s.mp4"
 HAVE_LITERT = any(importlib.util.find_spec(m) is not None for m in ("ai_edge_litert", "tflite_runtime"))
@@ -95,7 +96,7 @@ def _clip_frames(n=12, step=8):
 
 
 def test_haar_finds_the_face_on_a_real_clip():
-    from mlsan_edge.runtime.face import FaceAnalyzer
+    from mlsan_edge.runtime.face_tracking import FaceAnalyzer
 
     fa = FaceAnalyzer(landmarks="none")
     res = [fa.analyze(f.t, f.image) for f in _clip_frames()]
@@ -105,7 +106,7 @@ def test_haar_finds_the_face_on_a_real_clip():
 
 @pytest.mark.skipif(not HAVE_LITERT, reason="no TFLite interpreter (pip install ai-edge-litert)")
 def test_face_mesh_landmarks_on_a_real_clip():
-    from mlsan_edge.runtime.face import FaceAnalyzer
+    from mlsan_edge.runtime.face_tracking import FaceAnalyzer
 
     fa = FaceAnalyzer()
     assert fa.has_landmarks

@@ -38,17 +38,20 @@ def add_parsers(sub) -> None:
     s.add_argument("--cache", required=True, help="speaker cache file")
     s.add_argument("--name", default=None, help="enroll: the speaker's name")
     s.add_argument("--audio", default=None, help="enroll: a few seconds of their speech (wav/flac/mp4)")
+    s.add_argument("--bundle", default="default",
+                   help="enroll: the bundle whose voice encoder and VAD embed the speech (use the one you `run`)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=speakers_command)
 
 
 def run_command(a: argparse.Namespace) -> int:
-    from mlsan_edge.runtime import session as S
+    from mlsan_edge.runtime.config import RuntimeConfig
+    from mlsan_edge.runtime.text_source import TextSource
 
-    config = S.RuntimeConfig(on_camera_failure=a.on_camera_failure, budget_policy=a.budget_policy,
-                             face="none" if a.no_face else "auto", speaker_threshold=a.speaker_threshold,
-                             speaker_scoring=a.speaker_scoring)
-    text = S.TextSource.from_file(a.text_from)
+    config = RuntimeConfig(on_camera_failure=a.on_camera_failure, budget_policy=a.budget_policy,
+                           face="none" if a.no_face else "auto", speaker_threshold=a.speaker_threshold,
+                           speaker_scoring=a.speaker_scoring)
+    text = TextSource.from_file(a.text_from)
     out = sys.stdout if a.events == "-" else open(a.events, "w", encoding="utf-8")
     n = 0
     try:
@@ -87,17 +90,24 @@ def _open_cache(path: str):
     return SpeakerCache(path, dims={"audio": AUDIO_DIM, "visual": VISUAL_DIM, "text": TEXT_DIM})
 
 
-def enrollment_embeddings(path: str | Path, voice=None):
-    """Voice embeddings of the speech in an audio file: one per VAD utterance (the whole file if none)."""
+def enrollment_embeddings(path: str | Path, voice=None, bundle="default"):
+    """Voice embeddings of the speech in an audio file: one per VAD utterance (the whole file if none).
+
+    The voice encoder and the VAD are `bundle`'s (the runtime that later matches these voices must
+    run the same bundle); `voice` overrides the encoder.
+    """
     import numpy as np
 
+    from mlsan_edge.bundle import check_feature_contract, load_bundle
     from mlsan_edge.features.audio import load_audio
-    from mlsan_edge.features.voice import VoiceEncoder
     from mlsan_edge.features.vad import segment
+    from mlsan_edge.features.voice import VoiceEncoder
 
+    b = load_bundle(bundle)
+    check_feature_contract(b)
     wav = load_audio(path)
-    voice = voice or VoiceEncoder()
-    utts = [u.audio for u in segment(wav) if u.duration_s >= 0.5] or [wav]
+    voice = voice or VoiceEncoder(b.path("voice_encoder"))
+    utts = [u.audio for u in segment(wav, vad=b.path("vad")) if u.duration_s >= 0.5] or [wav]
     return np.stack([voice.embed(u) for u in utts])
 
 
@@ -118,7 +128,7 @@ def speakers_command(a: argparse.Namespace) -> int:
         if a.action == "enroll":
             if not a.name or not a.audio:
                 raise ValueError("speakers enroll needs --name NAME and --audio FILE")
-            sid = cache.enroll(a.name, enrollment_embeddings(a.audio))
+            sid = cache.enroll(a.name, enrollment_embeddings(a.audio, bundle=a.bundle))
             result = {"id": sid, "name": a.name}
         elif a.action == "rename":
             cache.rename(a.ids[0], a.ids[1])

@@ -3,7 +3,7 @@
 Submodules load lazily, so `import mlsan_edge.runtime` stays cheap.
 """
 
-__all__ = ["load_runtime", "Runtime", "RuntimeConfig", "Event", "Session"]
+__all__ = ["load_runtime", "Runtime", "RuntimeConfig", "Event", "Session", "Step"]
 
 
 def __getattr__(name):
@@ -11,10 +11,18 @@ def __getattr__(name):
         from mlsan_edge.runtime.load import load_runtime
 
         return load_runtime
-    if name in ("Runtime", "RuntimeConfig", "Session"):
+    if name in ("Runtime", "Session"):
         from mlsan_edge.runtime import session
 
         return getattr(session, name)
+    if name == "RuntimeConfig":
+        from mlsan_edge.runtime.config import RuntimeConfig
+
+        return RuntimeConfig
+    if name == "Step":
+        from mlsan_edge.runtime.step import Step
+
+        return Step
     if name == "Event":
         from mlsan_edge.runtime.events import Event
 

@@ -3,6 +3,9 @@
 capture -> [audio queue] -> VAD + voice partials -> [utterance queue] -> model -> [event queue]
 -> caller, and frames -> face analysis -> face buffer (read by the model thread). When a queue
 fills, its oldest item is dropped and counted (`Event.dropped`), so memory never grows.
+
+The threads drive the same pieces as the synchronous `Step` (`step.py`): an `UtteranceSegmenter`
+(VAD + streaming voice embedding), a `FaceFeed`, and `Pipeline.process`.
 """
 
 from __future__ import annotations
@@ -12,45 +15,45 @@ import queue
 import threading
 import time
 import warnings
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Iterator
 
-import numpy as np
-
+from mlsan_edge.runtime.config import is_live
 from mlsan_edge.runtime.events import Event
-from mlsan_edge.runtime.session import (LIVE_SCHEMES, DropOldestQueue, TextSource, _Conversation, _Job,
-                                        _safe_call)
-from mlsan_edge.features.vad import Segmenter
-
-if TYPE_CHECKING:
-    from mlsan_edge.runtime.session import Runtime
+from mlsan_edge.runtime.face_tracking import FaceFeed
+from mlsan_edge.runtime.pipeline import FaceFrames, Job, Pipeline, notify
+from mlsan_edge.runtime.queues import DropOldestQueue
+from mlsan_edge.runtime.step import UtteranceSegmenter
+from mlsan_edge.runtime.text_source import TextSource
 
 log = logging.getLogger(__name__)
-
-# --- streams ------------------------------------------------------------------------------------
-def _is_live(uri: str | None) -> bool:
-    return uri is not None and (uri.split("://")[0] in LIVE_SCHEMES or "realtime=1" in uri)
 
 
 class LiveStream:
     """capture -> [audio queue] -> VAD + voice partials -> [utterance queue] -> model -> [event queue] -> caller,
-    and frames -> face analysis -> face buffer (read by the model thread)."""
+    and frames -> face analysis -> face buffer (read by the model thread).
 
-    def __init__(self, rt: Runtime, audio: str, video: str | None, text: TextSource, on_event) -> None:
-        self.rt, self.audio_uri, self.video_uri, self.text = rt, audio, video, text
+    Args:
+        pipeline: the runtime's `Pipeline` (`Runtime.stream` passes it).
+        audio, video: source URIs (`sources.open_audio`, `open_video`); video may be None.
+        text: what was said in each utterance.
+        on_event: called with each event from the model thread.
+    """
+
+    def __init__(self, pipeline: Pipeline, audio: str, video: str | None, text: TextSource, on_event) -> None:
+        self.pipeline, self.audio_uri, self.video_uri, self.text = pipeline, audio, video, text
         self.on_event = on_event
-        c = rt.config
+        c = self.config = pipeline.config
         self.audio_q = DropOldestQueue(c.audio_queue)
         self.utt_q = DropOldestQueue(c.utterance_queue)
         self.event_q = DropOldestQueue(c.event_queue)
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
-        self.conv = _Conversation(rt.stages)
-        self.conv.reset()
-        self.face_buf = None
+        self.conv = pipeline.conversation()
+        self.faces: FaceFeed | None = None
         self.video_done = threading.Event()
         self.vad_t = 0.0  # stream time the VAD has reached
         # live sources drop the oldest pending work under overload; recorded ones wait instead
-        self.live_audio = _is_live(audio)
+        self.live_audio = is_live(audio)
 
     def dropped(self) -> dict[str, int]:
         return {"audio_chunks": self.audio_q.dropped, "utterances": self.utt_q.dropped, "events": self.event_q.dropped}
@@ -73,10 +76,8 @@ class LiveStream:
         threads = [threading.Thread(target=self._guard(self._capture, src), name="mlsan-capture", daemon=True),
                    threading.Thread(target=self._guard(self._vad), name="mlsan-vad", daemon=True),
                    threading.Thread(target=self._guard(self._model), name="mlsan-model", daemon=True)]
-        if vsrc is not None and self.rt.face_analyzer() is not None:
-            from mlsan_edge.runtime.face import FaceBuffer
-
-            self.face_buf = FaceBuffer(fps=self.rt.config.face_fps)
+        if vsrc is not None and self.pipeline.face_analyzer() is not None:
+            self.faces = FaceFeed(self.pipeline.face_analyzer(), self.config.face_fps)
             threads.append(threading.Thread(target=self._guard(self._video, vsrc), name="mlsan-video", daemon=True))
         else:
             self.video_done.set()
@@ -120,7 +121,7 @@ class LiveStream:
         return run
 
     def _camera_failed(self, e: BaseException) -> None:
-        if self.rt.config.on_camera_failure == "stop":
+        if self.config.on_camera_failure == "stop":
             raise RuntimeError(f"camera {self.video_uri!r} failed ({e}); stopping (on_camera_failure='stop')") from e
         msg = f"camera {self.video_uri!r} failed ({e}): running audio-only"
         log.warning(msg)
@@ -142,11 +143,8 @@ class LiveStream:
             src.close()  # in this thread: a file source's generator must not be closed from another
 
     def _video(self, vsrc) -> None:
-        fa = self.rt.face_analyzer()
-        fa.reset()
-        period, next_t = 1.0 / self.rt.config.face_fps, -np.inf
         lead = 5.0  # recorded video may run at most this far ahead of the audio path
-        live = _is_live(self.video_uri)
+        live = is_live(self.video_uri)
         try:
             while not self.stop.is_set():
                 try:
@@ -158,35 +156,17 @@ class LiveStream:
                     if vsrc.eos:
                         return
                     continue
-                if frame.t < next_t:
+                if not self.faces.wants(frame.t):
                     continue
-                next_t = frame.t + period * 0.999
                 while not live and frame.t > self.vad_t + lead and not self.stop.is_set() and not self.audio_q.closed:
                     time.sleep(0.01)
-                self.face_buf.add(fa.analyze(frame.t, frame.image))
+                self.faces.add(frame.t, frame.image)
         finally:
             self.video_done.set()
             vsrc.close()
 
     def _vad(self) -> None:
-        from mlsan_edge.features.voice_stream import StreamingVoiceEmbedder
-
-        seg = Segmenter(self.rt.config.vad)
-        emb = StreamingVoiceEmbedder(self.rt.voice)
-        worst = 0.0
-
-        def emit(utt, t_end):
-            nonlocal worst
-            job = _Job(utt.audio, utt.start_s, utt.end_s, t_end, vad_ms=worst)
-            t = time.perf_counter()
-            try:
-                job.embedding = emb.finish(utt.audio)
-            except ValueError:  # silent audio: the model thread embeds (and fails) with a clear error
-                job.embedding = None
-            job.embed_ms = (time.perf_counter() - t) * 1000
-            self.utt_q.put(job, block=not self.live_audio)
-            worst = 0.0
-
+        utterances = UtteranceSegmenter.of(self.pipeline)
         try:
             while not self.stop.is_set():
                 try:
@@ -195,39 +175,31 @@ class LiveStream:
                     continue
                 except EOFError:
                     break
-                t = time.perf_counter()
-                utt = seg.process(chunk.samples, chunk.t)
-                t_end = time.perf_counter()
-                worst = max(worst, (t_end - t) * 1000)
+                job = utterances.push(chunk.samples, chunk.t)
                 self.vad_t = chunk.t
-                if utt is not None:
-                    emit(utt, t_end)
-                elif seg.in_speech:
-                    pre = getattr(seg, "_pre", None)  # the padding the utterance will start with
-                    if pre is not None:
-                        emb.update(np.concatenate([pre, seg.partial()]))
-                else:
-                    emb.reset()
+                if job is not None:
+                    self.utt_q.put(job, block=not self.live_audio)
             if not self.stop.is_set():
-                utt = seg.flush()
-                if utt is not None:
-                    emit(utt, time.perf_counter())
+                job = utterances.flush()
+                if job is not None:
+                    self.utt_q.put(job, block=not self.live_audio)
         finally:
-            self.vad_t = np.inf
+            self.vad_t = float("inf")
             self.utt_q.close()
 
-    def _frames_for(self, job: _Job) -> Callable[[], tuple[list, float]] | None:
-        if self.face_buf is None:
+    def _frames_for(self, job: Job) -> FaceFrames | None:
+        if self.faces is None:
             return None
+        buf = self.faces.buffer
 
         def get():
             t = time.perf_counter()
-            limit = self.rt.config.video_wait_live_s if _is_live(self.video_uri) else self.rt.config.video_wait_file_s
-            while self.face_buf.latest_t < job.end_s and not self.video_done.is_set() and not self.stop.is_set():
+            limit = self.config.video_wait_live_s if is_live(self.video_uri) else self.config.video_wait_file_s
+            while buf.latest_t < job.end_s and not self.video_done.is_set() and not self.stop.is_set():
                 if time.perf_counter() - t > limit:
                     break
                 time.sleep(0.005)
-            return self.face_buf.window(job.start_s, job.end_s), (time.perf_counter() - t) * 1000
+            return buf.window(job.start_s, job.end_s), (time.perf_counter() - t) * 1000
         return get
 
     def _model(self) -> None:
@@ -245,12 +217,9 @@ class LiveStream:
                     job.t_end = time.perf_counter() - job.embed_ms / 1000  # + the voice tail done before
                     job.exclude_wait = True
                 with self.conv.lock:
-                    ev = self.rt._process(self.conv, job, self._frames_for(job), self.text, self.dropped())
+                    ev = self.pipeline.process(self.conv, job, self._frames_for(job), self.text, self.dropped())
                 if self.on_event is not None:
-                    _safe_call(self.on_event, ev)
+                    notify([self.on_event], ev)
                 self.event_q.put(ev, block=not self.live_audio)
         finally:
             self.event_q.close()
-
-
-# --- entry point --------------------------------------------------------------------------------

@@ -17,22 +17,17 @@ toward another). A speaker split off by atypical first utterances is merged back
 its (few) voices fits another speaker's settled centroid (`merge_threshold`); events already
 emitted keep the id they had.
 
-The file is created with mode 0600 and written in WAL mode inside transactions; a corrupt file
-is moved aside to `<name>.corrupt-<timestamp>` and replaced by an empty cache, with a warning.
-The cache holds at most `max_speakers`; adding one more evicts the least recently seen
-(unnamed speakers before enrolled ones). `forget()` deletes with `secure_delete`, truncates the
+Storage (SQLite, mode 0600, WAL, transactions, a corrupt file moved aside) is `speaker_store.py`,
+the export file `speaker_io.py`. The cache holds at most `max_speakers`; adding one more evicts
+the least recently seen (unnamed speakers before enrolled ones). `forget()` deletes with `secure_delete`, truncates the
 WAL and vacuums, so nothing of the speaker is left in the file.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sqlite3
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -41,6 +36,8 @@ import numpy as np
 
 from mlsan_edge.config import VOICE_DIM
 from mlsan_edge.profile import SpeakerProfile
+from mlsan_edge.runtime.speaker_io import read_export, write_export
+from mlsan_edge.runtime.speaker_store import SpeakerStore
 from mlsan_edge.runtime.voice_index import VoiceIndex
 
 log = logging.getLogger(__name__)
@@ -51,24 +48,6 @@ log = logging.getLogger(__name__)
 # the same rule as for the scorer picks 0.775. With the bundle's scorer the threshold is the scorer's own.
 DEFAULT_THRESHOLD = 0.775
 DEFAULT_MAX_SPEAKERS = 200
-SCHEMA_VERSION = 1
-EXPORT_FORMAT = "mlsan-speaker-cache"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS speakers (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so old logs never point at a new person
-    name TEXT UNIQUE,
-    profile TEXT NOT NULL,                 -- SpeakerProfile.to_dict() as JSON
-    profile_version INTEGER NOT NULL DEFAULT 1,
-    params BLOB,                           -- cached FiLM/gate parameters (opaque to the cache)
-    params_version INTEGER,                -- profile_version the params were computed from
-    first_seen REAL NOT NULL,              -- unix time, s
-    last_seen REAL NOT NULL,
-    utterances INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS speakers_last_seen ON speakers(last_seen);
-"""
 
 
 class Match(NamedTuple):
@@ -104,13 +83,6 @@ def _unit(embedding: np.ndarray, voice_dim: int) -> np.ndarray:
     if not np.isfinite(n) or n == 0.0:
         raise ValueError("voice embedding is zero or not finite; embed at least ~0.5 s of speech")
     return e / n
-
-
-def _create_private(path: Path) -> None:
-    """Create an empty file readable only by its owner (0600), before SQLite opens it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    os.close(fd)
 
 
 class SpeakerCache:
@@ -153,125 +125,23 @@ class SpeakerCache:
             raise ValueError(f"max_speakers must be >= 1, got {max_speakers}")
         self.max_speakers, self.voice_dim = int(max_speakers), int(voice_dim)
         self.dims = dict(dims or {})
-        self.path = path if str(path) == ":memory:" else Path(path)
         self._lock = threading.RLock()
-        self._conn = self._open()
-        self._profiles: dict[int, SpeakerProfile] = {}
+        self._store = SpeakerStore(path, self.voice_dim)
+        self.path = self._store.path
+        self._profiles: dict[int, SpeakerProfile] = self._store.profiles()
         self._index = VoiceIndex(scorer, self.voice_dim)  # in-memory matching (voice_index.py)
-        self._load()
-
-    # --- opening, corruption, schema ----------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        if isinstance(self.path, Path) and not self.path.exists():
-            _create_private(self.path)
-        conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
-        conn.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not just unlinked
-        if isinstance(self.path, Path):
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
-        return conn
-
-    def _open(self, retry: bool = True) -> sqlite3.Connection:
-        conn = None
-        try:
-            conn = self._connect()
-            ok = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if ok != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
-            conn.executescript(_SCHEMA)
-            self._check_meta(conn)
-            return conn
-        except sqlite3.OperationalError:
-            # locked, unwritable, disk full...: not corruption, so never move the file aside
-            if conn is not None:
-                conn.close()
-            raise
-        except sqlite3.DatabaseError as e:  # "file is not a database", "disk image is malformed"
-            if conn is not None:
-                conn.close()
-            if not retry or not isinstance(self.path, Path) or not self.path.exists():
-                raise
-            self._move_aside(e)
-            return self._open(retry=False)
-
-    def _move_aside(self, error: Exception) -> Path:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        os.replace(self.path, aside)
-        for suffix in ("-wal", "-shm"):
-            side = self.path.with_name(self.path.name + suffix)
-            if side.exists():
-                os.replace(side, aside.with_name(aside.name + suffix))
-        msg = (f"speaker cache {self.path} is corrupt ({error}); moved it to {aside} and started an "
-               "empty cache: known speakers will be re-learned (or re-import an export)")
-        log.error(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=4)
-        return aside
-
-    def _check_meta(self, conn: sqlite3.Connection) -> None:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        if not meta:
-            conn.executemany("INSERT INTO meta VALUES (?, ?)",
-                             [("schema_version", str(SCHEMA_VERSION)), ("voice_dim", str(self.voice_dim))])
-            return
-        if int(meta.get("schema_version", -1)) != SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(f"schema version {meta.get('schema_version')} != {SCHEMA_VERSION}")
-        if int(meta.get("voice_dim", -1)) != self.voice_dim:
-            raise ValueError(f"speaker cache {self.path} holds {meta['voice_dim']}-d voice embeddings but this "
-                             f"runtime makes {self.voice_dim}-d ones; use another --cache file")
-
-    def _load(self) -> None:
-        rows = self._conn.execute("SELECT id, profile FROM speakers").fetchall()
-        self._profiles = {sid: SpeakerProfile.from_dict(json.loads(p)) for sid, p in rows}
         self._reindex()
+
+    @property
+    def _conn(self):
+        """The SQLite connection (for tests that inspect the file's settings)."""
+        return self._store.conn
 
     def _reindex(self) -> None:
         self._index.rebuild(self._profiles)
 
-    # --- transactions -------------------------------------------------------------------------
-    def _tx(self):
-        conn = self._conn
-
-        class _Tx:
-            def __enter__(self_):
-                conn.execute("BEGIN IMMEDIATE")
-                return conn
-
-            def __exit__(self_, exc_type, exc, tb):
-                conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-                return False
-
-        return _Tx()
-
     def _new_profile(self) -> SpeakerProfile:
         return SpeakerProfile(dims=dict(self.dims), voice_dim=self.voice_dim)
-
-    def _insert(self, conn, profile: SpeakerProfile, name: str | None, now: float, utterances: int) -> int:
-        cur = conn.execute(
-            "INSERT INTO speakers (name, profile, first_seen, last_seen, utterances) VALUES (?, ?, ?, ?, ?)",
-            (name, json.dumps(profile.to_dict()), now, now, utterances))
-        return int(cur.lastrowid)
-
-    def _write_profile(self, conn, sid: int, profile: SpeakerProfile, seen: float | None, utterances: int = 0,
-                       bump: bool = True) -> None:
-        sql = ("UPDATE speakers SET profile = ?, utterances = utterances + ?"
-               + (", profile_version = profile_version + 1" if bump else ""))
-        args: list = [json.dumps(profile.to_dict()), utterances]
-        if seen is not None:
-            sql += ", last_seen = MAX(last_seen, ?)"
-            args.append(seen)
-        conn.execute(sql + " WHERE id = ?", (*args, sid))
-
-    def _evict(self, conn, keep: int) -> list[int]:
-        n = conn.execute("SELECT COUNT(*) FROM speakers").fetchone()[0]
-        if n <= self.max_speakers:
-            return []
-        victims = [r[0] for r in conn.execute(
-            "SELECT id FROM speakers WHERE id != ? ORDER BY (name IS NOT NULL), last_seen LIMIT ?",
-            (keep, n - self.max_speakers))]
-        conn.executemany("DELETE FROM speakers WHERE id = ?", [(v,) for v in victims])
-        log.info("speaker cache full (%d): evicted least recently seen %s", self.max_speakers, victims)
-        return victims
 
     # --- matching -----------------------------------------------------------------------------
     def identify(self, embedding: np.ndarray, update: bool = True, now: float | None = None) -> Match:
@@ -292,14 +162,14 @@ class SpeakerCache:
             sid, sim = self._index.nearest(e)
             if sid is not None and sim >= self.new_threshold:
                 if update:
-                    with self._tx() as conn:
+                    with self._store.transaction():
                         prof = self._profiles[sid]
                         moved = sim >= self.threshold  # (in the grey zone: attribute, do not move)
                         if moved:
                             prof.update({}, voice=e)
                         # no new version: the cached parameters serve this utterance, which they
                         # were computed for (from the earlier ones); `update_profile` bumps it
-                        self._write_profile(conn, sid, prof, now, utterances=1, bump=False)
+                        self._store.write_profile(sid, prof, now, utterances=1, bump=False)
                     if moved:
                         self._index.remember(sid, e, prof.voice_count)
                     self._reindex()
@@ -309,9 +179,9 @@ class SpeakerCache:
                 return Match(None, sim, True)
             prof = self._new_profile()
             prof.update({}, voice=e)
-            with self._tx() as conn:
-                new = self._insert(conn, prof, None, now, utterances=1)
-                evicted = self._evict(conn, keep=new)
+            with self._store.transaction():
+                new = self._store.insert(prof, None, now, utterances=1)
+                evicted = self._store.evict(new, self.max_speakers)
             self._profiles[new] = prof
             for v in evicted:
                 self._profiles.pop(v, None)
@@ -325,9 +195,8 @@ class SpeakerCache:
         returns the id that now holds `sid`'s voices."""
         if not self.auto_merge:
             return sid
-        named = [r[0] for r in self._conn.execute("SELECT id FROM speakers WHERE name IS NOT NULL")]
         counts = {s: p.voice_count for s, p in self._profiles.items()}
-        found = self._index.merge_candidate(sid, counts, named, self.merge_threshold)
+        found = self._index.merge_candidate(sid, counts, self._store.named_ids(), self.merge_threshold)
         if found is None:
             return sid
         keep, absorb, worst = found
@@ -346,9 +215,9 @@ class SpeakerCache:
         """Replace the speaker's profile; returns the new profile version (cached params go stale)."""
         with self._lock:
             self._require(speaker_id)
-            with self._tx() as conn:
-                self._write_profile(conn, speaker_id, profile, None)
-                version = conn.execute("SELECT profile_version FROM speakers WHERE id = ?", (speaker_id,)).fetchone()[0]
+            with self._store.transaction():
+                self._store.write_profile(speaker_id, profile, None)
+                version = self._store.profile_version(speaker_id)
             self._profiles[speaker_id] = SpeakerProfile.from_dict(profile.to_dict())
             self._reindex()
             return int(version)
@@ -367,28 +236,17 @@ class SpeakerCache:
 
     def profile_version(self, speaker_id: int) -> int:
         with self._lock:
-            row = self._conn.execute("SELECT profile_version FROM speakers WHERE id = ?", (speaker_id,)).fetchone()
-            if row is None:
-                raise KeyError(self._unknown(speaker_id))
-            return int(row[0])
+            return self._store.profile_version(speaker_id)
 
     def get_params(self, speaker_id: int) -> bytes | None:
         """The cached FiLM/gate parameters, or None when absent or computed from an older profile."""
         with self._lock:
-            row = self._conn.execute("SELECT params, params_version, profile_version FROM speakers WHERE id = ?",
-                                     (speaker_id,)).fetchone()
-            if row is None:
-                raise KeyError(self._unknown(speaker_id))
-            params, pv, version = row
-            return bytes(params) if params is not None and pv == version else None
+            return self._store.params(speaker_id)
 
     def put_params(self, speaker_id: int, params: bytes, profile_version: int) -> None:
         """Cache parameters computed from profile version `profile_version`."""
-        with self._lock, self._tx() as conn:
-            cur = conn.execute("UPDATE speakers SET params = ?, params_version = ? WHERE id = ?",
-                               (sqlite3.Binary(params), int(profile_version), speaker_id))
-            if cur.rowcount == 0:
-                raise KeyError(self._unknown(speaker_id))
+        with self._lock:
+            self._store.put_params(speaker_id, params, profile_version)
 
     # --- management ---------------------------------------------------------------------------
     def enroll(self, name: str, embeddings: np.ndarray | Sequence[np.ndarray], now: float | None = None) -> int:
@@ -404,12 +262,12 @@ class SpeakerCache:
             prof = self._new_profile() if sid is None else self._profiles[sid]
             for u in units:
                 prof.update({}, voice=u)
-            with self._tx() as conn:
+            with self._store.transaction():
                 if sid is None:
-                    sid = self._insert(conn, prof, name, now, utterances=0)
-                    evicted = self._evict(conn, keep=sid)
+                    sid = self._store.insert(prof, name, now, utterances=0)
+                    evicted = self._store.evict(sid, self.max_speakers)
                 else:
-                    self._write_profile(conn, sid, prof, now)
+                    self._store.write_profile(sid, prof, now)
                     evicted = []
             self._profiles[sid] = prof
             for v in evicted:
@@ -424,23 +282,17 @@ class SpeakerCache:
                 if int(id_or_name) in self._profiles:
                     return int(id_or_name)
             if not isinstance(id_or_name, int):  # a name, or digits that are no id: try the names
-                row = self._conn.execute("SELECT id FROM speakers WHERE name = ?", (str(id_or_name),)).fetchone()
-                if row is not None:
-                    return int(row[0])
+                sid = self._store.id_of(str(id_or_name))
+                if sid is not None:
+                    return sid
             if missing_ok:
                 return None
-            raise KeyError(self._unknown(id_or_name))
+            raise KeyError(self._store.unknown(id_or_name))
 
     def rename(self, speaker_id: int | str, name: str | None) -> None:
         """Set (or with None clear) a speaker's display name; names are unique."""
         with self._lock:
-            sid = self.resolve(speaker_id)
-            try:
-                with self._tx() as conn:
-                    conn.execute("UPDATE speakers SET name = ? WHERE id = ?", (name, sid))
-            except sqlite3.IntegrityError as e:
-                raise ValueError(f"the name {name!r} is already used by another speaker; "
-                                 "merge the two or pick another name") from e
+            self._store.set_name(self.resolve(speaker_id), name)
 
     def merge(self, keep: int | str, absorb: int | str, scrub: bool = True) -> int:
         """Merge speaker `absorb` into `keep` (same person found twice); `absorb` is forgotten
@@ -451,52 +303,38 @@ class SpeakerCache:
                 raise ValueError(f"cannot merge speaker {a} with itself")
             prof = self.get_profile(a)
             prof.merge(self._profiles[b])
-            rb = self._conn.execute("SELECT name, first_seen, last_seen, utterances FROM speakers WHERE id = ?",
-                                    (b,)).fetchone()
-            with self._tx() as conn:
-                conn.execute("DELETE FROM speakers WHERE id = ?", (b,))
-                self._write_profile(conn, a, prof, rb[2], utterances=rb[3])
-                conn.execute("UPDATE speakers SET first_seen = MIN(first_seen, ?), name = COALESCE(name, ?) "
-                             "WHERE id = ?", (rb[1], rb[0], a))
+            rb = self._store.row(b)
+            with self._store.transaction():
+                self._store.delete(b)
+                self._store.write_profile(a, prof, rb["last_seen"], utterances=rb["utterances"])
+                self._store.inherit(a, rb["first_seen"], rb["name"])
             self._profiles[a] = prof
             del self._profiles[b]
             self._reindex()
             if scrub:
-                self._scrub()
+                self._store.scrub()
             return a
 
     def forget(self, speaker_id: int | str) -> None:
         """Remove every trace of a speaker: row, profile, cached parameters, and the freed pages."""
         with self._lock:
             sid = self.resolve(speaker_id)
-            with self._tx() as conn:
-                conn.execute("DELETE FROM speakers WHERE id = ?", (sid,))
+            with self._store.transaction():
+                self._store.delete(sid)
             del self._profiles[sid]
             self._reindex()
-            self._scrub()
+            self._store.scrub()
             log.info("forgot speaker %d", sid)
-
-    def _scrub(self) -> None:
-        """Push deletions out of the WAL, then rewrite the file so no freed page keeps old bytes."""
-        if isinstance(self.path, Path):
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._conn.execute("VACUUM")
-        if isinstance(self.path, Path):
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def name(self, speaker_id: int) -> str | None:
         """The speaker's display name, or None (unnamed or unknown)."""
         with self._lock:
-            row = self._conn.execute("SELECT name FROM speakers WHERE id = ?", (speaker_id,)).fetchone()
-            return None if row is None else row[0]
+            return self._store.name(speaker_id)
 
     def list(self) -> list[SpeakerInfo]:
         """All speakers, most recently seen first."""
         with self._lock:
-            rows = self._conn.execute("SELECT id, name, utterances, first_seen, last_seen, profile_version "
-                                      "FROM speakers ORDER BY last_seen DESC").fetchall()
-            return [SpeakerInfo(id=r[0], name=r[1], utterances=r[2], voice_count=self._profiles[r[0]].voice_count,
-                                first_seen=r[3], last_seen=r[4], profile_version=r[5]) for r in rows]
+            return [SpeakerInfo(voice_count=self._profiles[r["id"]].voice_count, **r) for r in self._store.rows()]
 
     def __len__(self) -> int:
         with self._lock:
@@ -506,40 +344,28 @@ class SpeakerCache:
     def export(self, path: str | Path) -> None:
         """Write every speaker (names, profiles, times; not cached params) to a JSON file (0600)."""
         with self._lock:
-            rows = self._conn.execute("SELECT id, name, profile, first_seen, last_seen, utterances FROM speakers "
-                                      "ORDER BY id").fetchall()
-        doc = {"format": EXPORT_FORMAT, "schema_version": SCHEMA_VERSION, "voice_dim": self.voice_dim,
-               "speakers": [{"id": r[0], "name": r[1], "profile": json.loads(r[2]), "first_seen": r[3],
-                             "last_seen": r[4], "utterances": r[5]} for r in rows]}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, path)
+            rows = self._store.export_rows()
+        write_export(path, rows, self.voice_dim)
 
     def import_(self, path: str | Path) -> list[int]:
         """Add the speakers of an `export()` file (new ids; a clashing name is merged). Returns their ids."""
-        doc = json.loads(Path(path).read_text())
-        if doc.get("format") != EXPORT_FORMAT or int(doc.get("voice_dim", -1)) != self.voice_dim:
-            raise ValueError(f"{path} is not a {self.voice_dim}-d {EXPORT_FORMAT} export "
-                             f"(format={doc.get('format')!r}, voice_dim={doc.get('voice_dim')})")
+        speakers = read_export(path, self.voice_dim)
         ids = []
         with self._lock:
-            for s in doc["speakers"]:
+            for s in speakers:
                 prof = SpeakerProfile.from_dict(s["profile"])
                 existing = self.resolve(s["name"], missing_ok=True) if s.get("name") else None
-                with self._tx() as conn:
+                with self._store.transaction():
                     if existing is not None:
                         merged = self._profiles[existing]
                         merged.merge(prof)
-                        self._write_profile(conn, existing, merged, s["last_seen"], s["utterances"])
+                        self._store.write_profile(existing, merged, s["last_seen"], s["utterances"])
                         sid = existing
                     else:
-                        sid = self._insert(conn, prof, s.get("name"), s["first_seen"], s["utterances"])
-                        conn.execute("UPDATE speakers SET last_seen = ? WHERE id = ?", (s["last_seen"], sid))
+                        sid = self._store.insert(prof, s.get("name"), s["first_seen"], s["utterances"])
+                        self._store.set_last_seen(sid, s["last_seen"])
                         self._profiles[sid] = prof
-                    evicted = self._evict(conn, keep=sid)
+                    evicted = self._store.evict(sid, self.max_speakers)
                 for v in evicted:
                     self._profiles.pop(v, None)
                 ids.append(sid)
@@ -550,19 +376,12 @@ class SpeakerCache:
     def _require(self, speaker_id: int) -> SpeakerProfile:
         prof = self._profiles.get(speaker_id)
         if prof is None:
-            raise KeyError(self._unknown(speaker_id))
+            raise KeyError(self._store.unknown(speaker_id))
         return prof
-
-    def _unknown(self, what) -> str:
-        return f"no speaker {what!r} in {self.path}; `mlsan-edge speakers list --cache {self.path}` shows them"
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                if isinstance(self.path, Path):
-                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                self._conn.close()
-                self._conn = None
+            self._store.close()
 
     def __enter__(self) -> "SpeakerCache":
         return self

@@ -1,0 +1,277 @@
+"""SQLite storage of the speaker cache: schema, opening, corruption, transactions, rows.
+
+One row per speaker holds the serialised `SpeakerProfile`, an optional unique display name,
+first/last seen times, an utterance count, and an opaque blob of FiLM/gate parameters tagged with
+the profile version it was computed from. No audio or images are ever stored: only embeddings and
+statistics. Who is who (matching, merging) is `speakers.py`'s business, not this module's.
+
+The file is created with mode 0600 and written in WAL mode inside transactions; a corrupt file
+is moved aside to `<name>.corrupt-<timestamp>` and replaced by an empty store, with a warning.
+Deleted rows are overwritten (`secure_delete`), and `scrub()` truncates the WAL and vacuums, so
+nothing of a forgotten speaker is left in the file.
+
+Not thread-safe on its own: `SpeakerCache` serialises access with its lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from mlsan_edge.profile import SpeakerProfile
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS speakers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so old logs never point at a new person
+    name TEXT UNIQUE,
+    profile TEXT NOT NULL,                 -- SpeakerProfile.to_dict() as JSON
+    profile_version INTEGER NOT NULL DEFAULT 1,
+    params BLOB,                           -- cached FiLM/gate parameters (opaque to the cache)
+    params_version INTEGER,                -- profile_version the params were computed from
+    first_seen REAL NOT NULL,              -- unix time, s
+    last_seen REAL NOT NULL,
+    utterances INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS speakers_last_seen ON speakers(last_seen);
+"""
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty file readable only by its owner (0600), before SQLite opens it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.close(fd)
+
+
+class SpeakerStore:
+    """The speakers table of one SQLite file.
+
+    Args:
+        path: SQLite file (created 0600), or ":memory:".
+        voice_dim: dimension of the voice embeddings in the profiles (checked against the file).
+    """
+
+    def __init__(self, path: str | Path, voice_dim: int) -> None:
+        self.path = path if str(path) == ":memory:" else Path(path)
+        self.voice_dim = int(voice_dim)
+        self.conn: sqlite3.Connection | None = self._open()
+
+    # --- opening, corruption, schema ----------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if isinstance(self.path, Path) and not self.path.exists():
+            _create_private(self.path)
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
+        conn.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not just unlinked
+        if isinstance(self.path, Path):
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+        return conn
+
+    def _open(self, retry: bool = True) -> sqlite3.Connection:
+        conn = None
+        try:
+            conn = self._connect()
+            ok = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
+            conn.executescript(_SCHEMA)
+            self._check_meta(conn)
+            return conn
+        except sqlite3.OperationalError:
+            # locked, unwritable, disk full...: not corruption, so never move the file aside
+            if conn is not None:
+                conn.close()
+            raise
+        except sqlite3.DatabaseError as e:  # "file is not a database", "disk image is malformed"
+            if conn is not None:
+                conn.close()
+            if not retry or not isinstance(self.path, Path) or not self.path.exists():
+                raise
+            self._move_aside(e)
+            return self._open(retry=False)
+
+    def _move_aside(self, error: Exception) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                os.replace(side, aside.with_name(aside.name + suffix))
+        msg = (f"speaker cache {self.path} is corrupt ({error}); moved it to {aside} and started an "
+               "empty cache: known speakers will be re-learned (or re-import an export)")
+        log.error(msg)
+        # SpeakerCache() -> SpeakerStore() -> _open -> _move_aside: point at SpeakerCache's caller
+        warnings.warn(msg, RuntimeWarning, stacklevel=5)
+        return aside
+
+    def _check_meta(self, conn: sqlite3.Connection) -> None:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if not meta:
+            conn.executemany("INSERT INTO meta VALUES (?, ?)",
+                             [("schema_version", str(SCHEMA_VERSION)), ("voice_dim", str(self.voice_dim))])
+            return
+        if int(meta.get("schema_version", -1)) != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema version {meta.get('schema_version')} != {SCHEMA_VERSION}")
+        if int(meta.get("voice_dim", -1)) != self.voice_dim:
+            raise ValueError(f"speaker cache {self.path} holds {meta['voice_dim']}-d voice embeddings but this "
+                             f"runtime makes {self.voice_dim}-d ones; use another --cache file")
+
+    def unknown(self, what) -> str:
+        """The message of the KeyError for a speaker that is not in the store."""
+        return f"no speaker {what!r} in {self.path}; `mlsan-edge speakers list --cache {self.path}` shows them"
+
+    # --- transactions and writes --------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on an exception) around the writes inside."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def insert(self, profile: SpeakerProfile, name: str | None, now: float, utterances: int) -> int:
+        """A new row; returns its id."""
+        cur = self.conn.execute(
+            "INSERT INTO speakers (name, profile, first_seen, last_seen, utterances) VALUES (?, ?, ?, ?, ?)",
+            (name, json.dumps(profile.to_dict()), now, now, utterances))
+        return int(cur.lastrowid)
+
+    def write_profile(self, sid: int, profile: SpeakerProfile, seen: float | None, utterances: int = 0,
+                      bump: bool = True) -> None:
+        """Replace the profile, add `utterances`, move last_seen up to `seen`; `bump` makes a new
+        profile version (the cached parameters go stale)."""
+        sql = ("UPDATE speakers SET profile = ?, utterances = utterances + ?"
+               + (", profile_version = profile_version + 1" if bump else ""))
+        args: list = [json.dumps(profile.to_dict()), utterances]
+        if seen is not None:
+            sql += ", last_seen = MAX(last_seen, ?)"
+            args.append(seen)
+        self.conn.execute(sql + " WHERE id = ?", (*args, sid))
+
+    def evict(self, keep: int, max_speakers: int) -> list[int]:
+        """Delete the least recently seen rows beyond `max_speakers` (unnamed ones first, never
+        `keep`); returns their ids."""
+        n = self.conn.execute("SELECT COUNT(*) FROM speakers").fetchone()[0]
+        if n <= max_speakers:
+            return []
+        victims = [r[0] for r in self.conn.execute(
+            "SELECT id FROM speakers WHERE id != ? ORDER BY (name IS NOT NULL), last_seen LIMIT ?",
+            (keep, n - max_speakers))]
+        self.conn.executemany("DELETE FROM speakers WHERE id = ?", [(v,) for v in victims])
+        log.info("speaker cache full (%d): evicted least recently seen %s", max_speakers, victims)
+        return victims
+
+    def delete(self, sid: int) -> None:
+        self.conn.execute("DELETE FROM speakers WHERE id = ?", (sid,))
+
+    def inherit(self, sid: int, first_seen: float, name: str | None) -> None:
+        """Take an earlier first_seen, and `name` when the row has none (merging two speakers)."""
+        self.conn.execute("UPDATE speakers SET first_seen = MIN(first_seen, ?), name = COALESCE(name, ?) "
+                          "WHERE id = ?", (first_seen, name, sid))
+
+    def set_last_seen(self, sid: int, t: float) -> None:
+        self.conn.execute("UPDATE speakers SET last_seen = ? WHERE id = ?", (t, sid))
+
+    def set_name(self, sid: int, name: str | None) -> None:
+        """Rename (ValueError when another speaker has the name)."""
+        try:
+            with self.transaction() as conn:
+                conn.execute("UPDATE speakers SET name = ? WHERE id = ?", (name, sid))
+        except sqlite3.IntegrityError as e:
+            raise ValueError(f"the name {name!r} is already used by another speaker; "
+                             "merge the two or pick another name") from e
+
+    def put_params(self, sid: int, params: bytes, profile_version: int) -> None:
+        """Cache parameters computed from profile version `profile_version` (KeyError: no such speaker)."""
+        with self.transaction() as conn:
+            cur = conn.execute("UPDATE speakers SET params = ?, params_version = ? WHERE id = ?",
+                               (sqlite3.Binary(params), int(profile_version), sid))
+            if cur.rowcount == 0:
+                raise KeyError(self.unknown(sid))
+
+    # --- reads --------------------------------------------------------------------------------
+    def profiles(self) -> dict[int, SpeakerProfile]:
+        """Every speaker's profile by id."""
+        rows = self.conn.execute("SELECT id, profile FROM speakers").fetchall()
+        return {sid: SpeakerProfile.from_dict(json.loads(p)) for sid, p in rows}
+
+    def profile_version(self, sid: int) -> int:
+        row = self.conn.execute("SELECT profile_version FROM speakers WHERE id = ?", (sid,)).fetchone()
+        if row is None:
+            raise KeyError(self.unknown(sid))
+        return int(row[0])
+
+    def params(self, sid: int) -> bytes | None:
+        """The cached parameters, or None when absent or computed from an older profile version."""
+        row = self.conn.execute("SELECT params, params_version, profile_version FROM speakers WHERE id = ?",
+                                (sid,)).fetchone()
+        if row is None:
+            raise KeyError(self.unknown(sid))
+        params, pv, version = row
+        return bytes(params) if params is not None and pv == version else None
+
+    def name(self, sid: int) -> str | None:
+        row = self.conn.execute("SELECT name FROM speakers WHERE id = ?", (sid,)).fetchone()
+        return None if row is None else row[0]
+
+    def id_of(self, name: str) -> int | None:
+        row = self.conn.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def named_ids(self) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT id FROM speakers WHERE name IS NOT NULL")]
+
+    def row(self, sid: int) -> dict:
+        """name, first_seen, last_seen, utterances and profile_version of one speaker."""
+        r = self.conn.execute("SELECT name, first_seen, last_seen, utterances, profile_version FROM speakers "
+                              "WHERE id = ?", (sid,)).fetchone()
+        if r is None:
+            raise KeyError(self.unknown(sid))
+        return dict(zip(("name", "first_seen", "last_seen", "utterances", "profile_version"), r))
+
+    def rows(self) -> list[dict]:
+        """Every speaker (id, name, times, utterances, profile_version), most recently seen first."""
+        rows = self.conn.execute("SELECT id, name, utterances, first_seen, last_seen, profile_version "
+                                 "FROM speakers ORDER BY last_seen DESC").fetchall()
+        keys = ("id", "name", "utterances", "first_seen", "last_seen", "profile_version")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def export_rows(self) -> list[dict]:
+        """Every speaker with its profile (as a dict), by id; no cached parameters."""
+        rows = self.conn.execute("SELECT id, name, profile, first_seen, last_seen, utterances FROM speakers "
+                                 "ORDER BY id").fetchall()
+        return [{"id": r[0], "name": r[1], "profile": json.loads(r[2]), "first_seen": r[3],
+                 "last_seen": r[4], "utterances": r[5]} for r in rows]
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def scrub(self) -> None:
+        """Push deletions out of the WAL, then rewrite the file so no freed page keeps old bytes."""
+        if isinstance(self.path, Path):
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.conn.execute("VACUUM")
+        if isinstance(self.path, Path):
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the file and close (idempotent)."""
+        if self.conn is not None:
+            if isinstance(self.path, Path):
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.conn.close()
+            self.conn = None

@@ -1,0 +1,141 @@
+"""The synchronous step: one 512-sample audio chunk in, an `Event` or None out.
+
+In the spirit of silero-vad's `VADIterator`, with no threads and no queues:
+
+    >>> step = runtime.step()
+    >>> for chunk in chunks:                    # (512,) float32 at 16 kHz, in stream order
+    ...     event = step.step(chunk)
+    ...     if event is not None:
+    ...         print(event.emotion)
+    >>> event = step.flush()                    # the utterance still open at the end, if any
+
+`UtteranceSegmenter` is the audio half (VAD + the voice embedding computed while the person
+speaks); `Pipeline.process` the rest. `Runtime.stream` (`live.py`) runs the same two pieces on
+separate threads.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from mlsan_edge.features.voice_stream import StreamingVoiceEmbedder
+from mlsan_edge.runtime.events import Event
+from mlsan_edge.runtime.face_tracking import FaceFeed
+from mlsan_edge.runtime.pipeline import Job, Pipeline, notify
+from mlsan_edge.runtime.text_source import TextSource
+
+
+class UtteranceSegmenter:
+    """VAD + streaming voice embedding: 512-sample chunks in, a `Job` when an utterance ends.
+
+    While an utterance is open, the voice partials whose audio is complete are embedded
+    (`StreamingVoiceEmbedder`), so little is left to do when it ends.
+
+    Args:
+        segmenter: a `mlsan_edge.features.vad.Segmenter` (one per stream).
+        embedder: a `StreamingVoiceEmbedder` (one per stream).
+    """
+
+    def __init__(self, segmenter, embedder: StreamingVoiceEmbedder) -> None:
+        self.segmenter, self.embedder = segmenter, embedder
+        self._worst_ms = 0.0  # the slowest VAD chunk of the open utterance
+
+    @classmethod
+    def of(cls, pipeline: Pipeline) -> "UtteranceSegmenter":
+        """A new one running the pipeline's VAD model and voice encoder."""
+        return cls(pipeline.segmenter(), StreamingVoiceEmbedder(pipeline.voice))
+
+    def push(self, samples: np.ndarray, t_s: float | None = None) -> Job | None:
+        """Advance by one chunk.
+
+        Args:
+            samples: (512,) float32 at 16 kHz.
+            t_s: stream time of the chunk's first sample (None: right after the previous chunk).
+
+        Returns:
+            The utterance this chunk ended, with its voice embedding, or None.
+        """
+        seg = self.segmenter
+        t = time.perf_counter()
+        utt = seg.process(samples, t_s)
+        t_end = time.perf_counter()
+        self._worst_ms = max(self._worst_ms, (t_end - t) * 1000)
+        if utt is not None:
+            return self._job(utt, t_end)
+        if seg.in_speech:
+            self.embedder.update(seg.partial(padded=True))
+        else:
+            self.embedder.reset()
+        return None
+
+    def flush(self) -> Job | None:
+        """End of stream: the utterance still open (if long enough), or None."""
+        utt = self.segmenter.flush()
+        return None if utt is None else self._job(utt, time.perf_counter())
+
+    def _job(self, utt, t_end: float) -> Job:
+        job = Job(utt.audio, utt.start_s, utt.end_s, t_end, vad_ms=self._worst_ms)
+        t = time.perf_counter()
+        try:
+            job.embedding = self.embedder.finish(utt.audio)
+        except ValueError:  # silent audio: Pipeline.process embeds (and fails) with a clear error
+            job.embedding = None
+        job.embed_ms = (time.perf_counter() - t) * 1000
+        self._worst_ms = 0.0
+        return job
+
+
+class Step:
+    """One conversation fed chunk by chunk from the caller's thread (not thread-safe).
+
+    Args:
+        pipeline: the runtime's `Pipeline` (`Runtime.step()` passes it).
+        text: what was said: see `Runtime.stream`.
+        on_event: called with each event before `step` returns it.
+    """
+
+    def __init__(self, pipeline: Pipeline, text=None, on_event=None) -> None:
+        self.pipeline = pipeline
+        self.conversation = pipeline.conversation()
+        self.utterances = UtteranceSegmenter.of(pipeline)
+        self.text = TextSource.of(text)
+        self.on_event = on_event
+        self._faces: FaceFeed | None = None  # made on the first video frame
+
+    def frame(self, t_s: float, image: np.ndarray) -> None:
+        """Analyse one BGR video frame (H, W, 3) uint8 at stream time `t_s` (frames beyond
+        `config.face_fps` are skipped). Pass an utterance's frames before the chunk that ends it."""
+        if self._faces is None:
+            fa = self.pipeline.face_analyzer()
+            if fa is None:  # config.face == "none"
+                return
+            self._faces = FaceFeed(fa, self.pipeline.config.face_fps)
+        self._faces.add(t_s, image)
+
+    def step(self, chunk, t_s: float | None = None) -> Event | None:
+        """Advance by one chunk: (512,) float32 at 16 kHz, or an `AudioChunk` (samples + time).
+
+        Returns:
+            The event of the utterance this chunk ended, or None.
+        """
+        if t_s is None:
+            t_s = getattr(chunk, "t", None)
+        job = self.utterances.push(getattr(chunk, "samples", chunk), t_s)
+        return None if job is None else self._process(job)
+
+    def flush(self) -> Event | None:
+        """End of stream: the event of the utterance still open, or None."""
+        job = self.utterances.flush()
+        return None if job is None else self._process(job)
+
+    def _process(self, job: Job) -> Event:
+        frames = None
+        if self._faces is not None:
+            window = self._faces.buffer.window(job.start_s, job.end_s)
+            frames = lambda: (window, 0.0)  # noqa: E731
+        event = self.pipeline.process(self.conversation, job, frames, self.text)
+        if self.on_event is not None:
+            notify([self.on_event], event)
+        return event
