@@ -7,9 +7,8 @@ while the clip plays, and `total_after_end` runs from the VAD chunk that closed 
 the event being ready (voice tail, speaker cache, audio features, stages 1-3). Warm-up: the
 first `--warmup` utterances are left out of the statistics.
 
-Stages: the real `mlsan_edge.backends.stages.Stages` of `--bundle` when it has stage graphs;
-otherwise a numpy stand-in (tests/fake_stages.py) — the JSON says which, and then the figure
-excludes the ONNX stage graphs (sub-millisecond MLPs on this CPU, measured by their own tests).
+Stages: the real `mlsan_edge.backends.stages.Stages` of `--bundle` (it must have stage graphs,
+as the default bundle does). Runs against the installed package (editable or not):
 
     python benchmarks/runtime_latency.py [--data ../shared/data/ravdess/audio16k] [--clips 24]
 
@@ -30,16 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+from mlsan_edge.backends.stages import Stages
+from mlsan_edge.config import TEXT_DIM, VISUAL_DIM
+from mlsan_edge.features.audio import AUDIO_DIM, load_audio
+from mlsan_edge.runtime.events import STEPS
+from mlsan_edge.runtime.load import bundle_voice_scorer, has_voice_scorer
+from mlsan_edge.runtime.config import RuntimeConfig
+from mlsan_edge.runtime.session import Runtime
+from mlsan_edge.runtime.speakers import SpeakerCache
 
-from mlsan_edge.config import TEXT_DIM, VISUAL_DIM  # noqa: E402
-from mlsan_edge.features.audio import AUDIO_DIM, load_audio  # noqa: E402
-from mlsan_edge.runtime.events import STEPS  # noqa: E402
-from mlsan_edge.runtime.load import bundle_voice_scorer, has_voice_scorer  # noqa: E402
-from mlsan_edge.runtime.session import Runtime, RuntimeConfig  # noqa: E402
-from mlsan_edge.runtime.speakers import SpeakerCache  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # the checkout: default data and results paths only
 
 
 def build_stream(data: Path, actors: list[int], clips: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -53,17 +52,6 @@ def build_stream(data: Path, actors: list[int], clips: int, seed: int) -> tuple[
     return np.concatenate(parts), [f.name for f in pick]
 
 
-def load_stages(bundle: str):
-    try:
-        from mlsan_edge.backends.stages import Stages
-
-        return Stages(bundle), f"real ({bundle})"
-    except Exception as e:
-        from fake_stages import FakeStages
-
-        return FakeStages(), f"numpy stand-in: bundle {bundle!r} has no stage graphs ({type(e).__name__}: {e})"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ravdess" / "audio16k"))
@@ -75,15 +63,15 @@ def main() -> int:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "runtime_latency.json"))
     a = p.parse_args()
     wav, names = build_stream(Path(a.data), [int(x) for x in a.actors.split(",")], a.clips, a.seed)
-    stages, which = load_stages(a.bundle)
+    stages, which = Stages(a.bundle), f"real ({a.bundle})"
     dims = {"audio": AUDIO_DIM, "visual": VISUAL_DIM, "text": TEXT_DIM}
     import soundfile as sf
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "stream.flac"
         sf.write(path, wav, 16000)
-        bundle = getattr(stages, "bundle", None)  # the bundle's voice scorer, as load_runtime uses it
-        scorer = bundle_voice_scorer(bundle) if bundle is not None and has_voice_scorer(bundle) else None
+        bundle = stages.bundle  # the bundle's voice scorer, as load_runtime uses it
+        scorer = bundle_voice_scorer(bundle) if has_voice_scorer(bundle) else None
         rt = Runtime(stages, SpeakerCache(":memory:", dims=dims, scorer=scorer), RuntimeConfig(face="none"))
         t0 = time.perf_counter()
         with warnings.catch_warnings():

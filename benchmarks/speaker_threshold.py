@@ -33,18 +33,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from mlsan_edge.features.voice_scorer import VoiceScorer
+from mlsan_edge.metrics import purity_coverage
+from mlsan_edge.runtime.speakers import SpeakerCache
 
-from mlsan_edge.metrics import purity_coverage  # noqa: E402
-from mlsan_edge.runtime.speakers import SpeakerCache  # noqa: E402
-from mlsan_edge.features.voice_scorer import VoiceScorer  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # the checkout: default data and results paths only
 
 SCORE_THRESHOLDS = np.round(np.arange(-0.6, 2.01, 0.1), 2)
 COSINE_THRESHOLDS = np.round(np.arange(0.55, 0.951, 0.025), 3)

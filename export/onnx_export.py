@@ -247,7 +247,7 @@ def write_stage_bundle(dest: Path, models: Mapping, stats, classes=None, calibra
             check and for INT8.
         int8: names in `models` to quantise (needs `calibration`).
     """
-    from mlsan_edge.bundle import BundleWriter
+    from mlsan_edge.bundle_writer import BundleWriter
     from mlsan_edge.config import EMOTIONS
 
     with tempfile.TemporaryDirectory() as tmp, BundleWriter(

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlsan_edge.features.voice import DEFAULT_ONNX, GE2E_N_MELS, PARTIAL_FRAMES, utterance_partials
+from mlsan_edge.features.voice import GE2E_N_MELS, PARTIAL_FRAMES, utterance_partials
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,8 @@ def export(out: Path, weights: Path | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_ONNX, help="where to write the ONNX file")
+    parser.add_argument("--out", type=Path, default=Path("build") / "encoders" / "voice_encoder.onnx",
+                        help="where to write the ONNX file (`mlsan-edge export` packs it into a bundle)")
     parser.add_argument("--weights", type=Path, default=None, help="resemblyzer checkpoint (default: the wheel's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -13,7 +13,8 @@ from mlsan_edge.backends import InputError, create_backend, plan_backend
 from mlsan_edge.backends.engine_cache import DeviceIdentity, EngineRecord, engine_file_name, write_record
 from mlsan_edge.backends.onnxruntime import OrtBackend
 from mlsan_edge.backends.tensorrt import TensorBuffers, TensorRTUnavailable
-from mlsan_edge.bundle import BundleWriter, load_bundle, sha256_file
+from mlsan_edge.bundle import load_bundle, sha256_file
+from mlsan_edge.bundle_writer import BundleWriter
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 skip_without_tensorrt = pytest.mark.skipif(not HAVE_TENSORRT, reason="TensorRT not installed (Jetson / NVIDIA GPU only)")
@@ -330,9 +331,7 @@ def test_buffers_reject_unsupported_dtypes():
 @skip_without_tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_backend_matches_onnxruntime(tmp_path, precision):
-    import sys
-
-    from mlsan_edge.export.tensorrt_engine import build_engine
+    from mlsan_edge.backends.tensorrt_build import build_engine
     from mlsan_edge.backends.tensorrt import TensorRTBackend
 
     onnx_path = make_tiny_onnx(tmp_path / "tiny.onnx")

@@ -7,8 +7,10 @@ everything but `TensorRTBackend` itself is plain Python that the tests drive wit
   shapes (checked against the optimisation profile with a readable error), querying output
   shapes afterwards, and growing device buffers only when a shape needs more bytes. It talks to
   the engine/context through the TensorRT method names and to memory through an `Allocator`.
-- `CudaRuntimeAllocator` (cuda-python's `cudart`) and `TorchAllocator` (torch.cuda, when torch
-  is there) are the two real allocators; no pycuda.
+- `CudaRuntimeAllocator` is the real allocator, over cuda-python's `cudart`: cuda-python is the
+  one CUDA binding (no pycuda, and never torch: the device does not import it).
+
+Engine building and verification: `tensorrt_build.py`, `tensorrt_verify.py` (`mlsan-edge build-engine`).
 """
 
 from __future__ import annotations
@@ -41,12 +43,16 @@ TRT_DTYPES = {
     "UINT8": "uint8",
 }
 
+HOW_TO_GET_CUDA_PYTHON = (
+    "On a Jetson with JetPack 6 (CUDA 12.6): `pip install 'cuda-python==12.6.*'`; elsewhere the "
+    "cuda-python release matching your CUDA version (`nvcc --version`)."
+)
 HOW_TO_GET_TENSORRT = (
-    "On a Jetson (JetPack 6.x: TensorRT 10.3, CUDA 12.6, Python 3.10): `sudo apt install nvidia-jetpack` "
-    "(or just `sudo apt install python3-libnvinfer python3-libnvinfer-dev`) and use the system python3 or "
-    "a venv made with --system-site-packages. On x86 with an NVIDIA GPU: "
-    "`pip install tensorrt --extra-index-url https://pypi.nvidia.com` (TensorRT >= 10). For device "
-    "buffers also `pip install cuda-python`. Without TensorRT use backend='onnxruntime'."
+    "On a Jetson, TensorRT 10.3 comes with JetPack 6 (CUDA 12.6, Python 3.10): `sudo apt install "
+    "nvidia-tensorrt python3-libnvinfer` (or the whole `sudo apt install nvidia-jetpack`), then run "
+    "mlsan-edge with the system python3 (3.10) or from a venv made with --system-site-packages, and "
+    "`pip install 'cuda-python==12.6.*'`. On x86 with an NVIDIA GPU: `pip install tensorrt cuda-python "
+    "--extra-index-url https://pypi.nvidia.com` (TensorRT >= 10). Without TensorRT use backend='onnxruntime'."
 )
 
 
@@ -67,41 +73,40 @@ def trt_dtype_name(dtype: Any) -> str:
 
 
 def _import_cudart():
+    """cuda-python's runtime bindings (the one CUDA binding mlsan_edge uses).
+
+    Raises:
+        TensorRTUnavailable: cuda-python is not installed; the message says how to get it.
+    """
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
     except ImportError:
-        from cuda import cudart  # older cuda-python
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError as e:
+            raise TensorRTUnavailable(
+                "cuda-python is not installed: the TensorRT backend needs it for GPU memory, streams and "
+                f"the GPU query. {HOW_TO_GET_CUDA_PYTHON}"
+            ) from e
     return cudart
 
 
 def query_gpu() -> tuple[str, str]:
-    """(GPU name, "major.minor") of CUDA device 0, via cuda-python or else torch.
+    """(GPU name, "major.minor") of CUDA device 0, via cuda-python.
 
     Raises:
-        RuntimeError: no CUDA GPU could be queried; the message says what was tried.
+        TensorRTUnavailable: cuda-python is not installed.
+        RuntimeError: no CUDA GPU could be queried; the message gives the CUDA error.
     """
-    reasons = []
-    try:
-        cudart = _import_cudart()
-        err, count = cudart.cudaGetDeviceCount()
-        if int(err) == 0 and count > 0:
-            err, props = cudart.cudaGetDeviceProperties(0)
-            if int(err) == 0:
-                name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-                return name.rstrip("\x00"), f"{props.major}.{props.minor}"
-        reasons.append(f"cuda-python: error {err}, {count if int(err) == 0 else '?'} devices")
-    except ImportError:
-        reasons.append("cuda-python not installed")
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return torch.cuda.get_device_name(0), f"{major}.{minor}"
-        reasons.append("torch sees no CUDA device")
-    except ImportError:
-        reasons.append("torch not installed")
-    raise RuntimeError("no CUDA GPU found (" + "; ".join(reasons) + ")")
+    cudart = _import_cudart()
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count == 0:
+        raise RuntimeError(f"no CUDA GPU found (cudaGetDeviceCount: {err}, {count if int(err) == 0 else '?'} devices)")
+    err, props = cudart.cudaGetDeviceProperties(0)
+    if int(err) != 0:
+        raise RuntimeError(f"no CUDA GPU found (cudaGetDeviceProperties(0): {err})")
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return name.rstrip("\x00"), f"{props.major}.{props.minor}"
 
 
 def check_tensorrt(require_gpu: bool = True):
@@ -123,11 +128,12 @@ def check_tensorrt(require_gpu: bool = True):
     if require_gpu:
         try:
             query_gpu()
+        except TensorRTUnavailable:
+            raise
         except RuntimeError as e:
             raise TensorRTUnavailable(
                 f"TensorRT {version} is installed but {e}. TensorRT needs an NVIDIA GPU with a working driver "
-                "(on Jetson: check `sudo nvpmodel -q` works and you are in the 'video' group). "
-                "Install cuda-python (`pip install cuda-python`) so mlsan_edge can query it."
+                "(on Jetson: check `sudo nvpmodel -q` works and you are in the 'video' group)."
             ) from e
     return trt
 
@@ -287,68 +293,21 @@ class CudaRuntimeAllocator:
         self._ok(self.cudart.cudaStreamDestroy(stream), "cudaStreamDestroy")
 
 
-class TorchAllocator:
-    """`Allocator` over torch.cuda (for machines with torch but not cuda-python)."""
-
-    def __init__(self):
-        import torch
-
-        self.torch = torch
-        self.tensors: dict[int, Any] = {}
-
-    def malloc(self, nbytes):
-        t = self.torch.empty(nbytes, dtype=self.torch.uint8, device="cuda")
-        self.tensors[t.data_ptr()] = t
-        return t.data_ptr()
-
-    def free(self, ptr):
-        self.tensors.pop(ptr, None)
-
-    def htod(self, ptr, host, stream):
-        src = self.torch.from_numpy(host.reshape(-1).view(np.uint8))
-        with self.torch.cuda.stream(stream):
-            self.tensors[ptr][: host.nbytes].copy_(src)
-
-    def dtoh(self, host, ptr, stream):
-        with self.torch.cuda.stream(stream):
-            data = self.tensors[ptr][: host.nbytes].cpu()  # synchronous on `stream`
-        host.reshape(-1).view(np.uint8)[:] = data.numpy()
-
-    def create_stream(self):
-        return self.torch.cuda.Stream()
-
-    def stream_handle(self, stream):
-        return stream.cuda_stream
-
-    def synchronize(self, stream):
-        stream.synchronize()
-
-    def destroy_stream(self, stream):
-        pass
-
-
 def default_allocator() -> Allocator:
-    """cuda-python when installed, else torch.cuda."""
-    try:
-        return CudaRuntimeAllocator()
-    except ImportError:
-        pass
-    try:
-        return TorchAllocator()
-    except ImportError as e:
-        raise TensorRTUnavailable("TensorRT needs device buffers: pip install cuda-python") from e
+    """cuda-python's runtime (raises TensorRTUnavailable, saying how to get it, when missing)."""
+    return CudaRuntimeAllocator()
 
 
 class TensorRTBackend(Backend):
     """Run a serialized TensorRT engine.
 
     Args:
-        engine_path: the `.engine` file (built on this device; see `export.tensorrt_engine`).
+        engine_path: the `.engine` file (built on this device; see `mlsan_edge.backends.tensorrt_build`).
         precision: recorded for reports.
         expected_sha256: when given, the engine bytes are checked before deserialising.
         input_specs / output_specs: the bundle's specs (with symbolic dim names) to validate
             against; default: the engine's own (dynamic dims as -1).
-        allocator: device memory; default cuda-python, else torch.
+        allocator: device memory; default cuda-python's runtime.
     """
 
     name = "tensorrt"
@@ -402,5 +361,5 @@ __all__ = [
     "current_device_identity",
     "query_gpu",
     "CudaRuntimeAllocator",
-    "TorchAllocator",
+    "HOW_TO_GET_TENSORRT",
 ]

@@ -11,9 +11,12 @@ from pathlib import Path
 log = logging.getLogger("mlsan_edge")
 
 
+_CALIBRATION = Path(__file__).resolve().parents[2] / "calibration_data"  # in a checkout
+
+
 def _default_data() -> str:
     """../shared/data next to a checkout, else the current folder."""
-    here = Path(__file__).resolve().parents[2] / "shared" / "data"
+    here = Path(__file__).resolve().parents[3] / "shared" / "data"  # mlsan_edge/cli/__init__.py -> ../shared
     return str(here) if here.exists() else "."
 
 
@@ -89,7 +92,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "assets" / "sample" / "ravdess_mini"
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "assets" / "sample" / "ravdess_mini"
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -111,31 +114,51 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_build_engine(a: argparse.Namespace) -> int:
-    """TensorRT engines for every stage graph of the bundle's model (int8 graphs where the bundle
-    has them, fp16 for the rest), each printed as its trtexec equivalent first."""
-    from mlsan_edge.export.tensorrt_engine import ensure_engine, profiles_from_spec, trtexec_command
+    """TensorRT engines for the stage graphs of the bundle's model (int8 graphs where the bundle has
+    them, fp16 for the rest), each printed as its trtexec equivalent first; with --verify, each engine
+    is then compared with onnxruntime on the calibration set. TensorRT is device work: no torch here."""
     from mlsan_edge.backends.select import onnx_role_for
-    from mlsan_edge.bundle import load_bundle
     from mlsan_edge.backends.stages import GRAPHS, MODELS
+    from mlsan_edge.backends.tensorrt import TensorRTUnavailable, check_tensorrt
+    from mlsan_edge.backends.tensorrt_build import EngineBuildError, ensure_engine, profiles_from_spec, trtexec_command
+    from mlsan_edge.bundle import load_bundle
 
+    graphs = [g for g in a.graphs.split(",") if g]
+    unknown = [g for g in graphs if g not in GRAPHS]
+    if unknown:
+        raise ValueError(f"unknown graph {unknown}; valid: {', '.join(GRAPHS)}")
     bundle = load_bundle(a.bundle)
     model = a.model if a.model != "auto" else next((m for m in MODELS if bundle.variants(f"{m}.stage3")), None)
     if model is None:
         raise ValueError(f"bundle {bundle.root} has no stage graphs; roles: {bundle.roles}")
-    from mlsan_edge.export.tensorrt_engine import EngineBuildError, TensorRTUnavailable
-
-    for g in GRAPHS:
-        base = f"{model}.{g}"
-        p = a.precision if onnx_role_for(bundle, base, "tensorrt", a.precision) else "fp16"
-        role = onnx_role_for(bundle, base, "tensorrt", p)
-        print(trtexec_command(bundle.path(role), f"{base}-{p}.engine", p, profiles_from_spec(bundle.model_spec(role)),
-                              "timing.cache"), file=sys.stderr)
-        try:
-            print(ensure_engine(bundle, base, p, rebuild=a.rebuild))
-        except (TensorRTUnavailable, EngineBuildError) as e:
-            print(f"mlsan-edge build-engine: error: {e}", file=sys.stderr)
-            return 2
+    try:
+        if not a.trtexec:
+            check_tensorrt()  # before anything is printed: without TensorRT the answer is one line
+        for g in graphs:
+            base = f"{model}.{g}"
+            p = a.precision if onnx_role_for(bundle, base, "tensorrt", a.precision) else "fp16"
+            role = onnx_role_for(bundle, base, "tensorrt", p)
+            print(trtexec_command(bundle.path(role), f"{base}-{p}.engine", p, profiles_from_spec(bundle.model_spec(role)),
+                                  "timing.cache"), file=sys.stdout if a.trtexec else sys.stderr)
+            if a.trtexec:
+                continue
+            print(ensure_engine(bundle, base, p, workspace_mb=a.workspace_mb, rebuild=a.rebuild))
+            if a.verify is not None and not _verify_engine(bundle, a.verify, base, p):
+                return 1
+    except (TensorRTUnavailable, EngineBuildError) as e:
+        if a.verbose:
+            raise
+        print(f"mlsan-edge build-engine: error: {e}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _verify_engine(bundle, calibration: str, base: str, precision: str) -> bool:
+    from mlsan_edge.backends.tensorrt_verify import verify_engine
+
+    report = verify_engine(bundle, calibration, base, precision)
+    print(f"{base} ({precision}): {report.summary()}", file=sys.stderr)
+    return report.ok
 
 
 def cmd_info(a: argparse.Namespace) -> int:
@@ -236,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="bundle folder (written atomically)")
     x.add_argument("--metrics", nargs="*", help="eval/crossval JSON files to record in the manifest")
     x.add_argument("--student", default=None, help="distilled student checkpoint to add (fp32 + int8 graphs)")
-    x.add_argument("--calibration", default=str(Path(__file__).resolve().parents[1] / "calibration_data"),
+    x.add_argument("--calibration", default=str(_CALIBRATION),
                    help="INT8 calibration folder (calibration_data/README.md)")
     x.add_argument("--int8-graphs", default="speaker,stage2,stage3",
                    help="student graphs to ship as INT8 ('' = none; graphs that fail the accuracy gate stay fp32)")
@@ -254,12 +277,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_runtime_parsers(sub)
 
-    b = sub.add_parser("build-engine", help="build TensorRT engines for a bundle on this device (Jetson; minutes)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b = sub.add_parser("build-engine", help="build (and verify) TensorRT engines for a bundle on this device "
+                       "(Jetson; minutes; needs TensorRT, not torch)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("--bundle", default="default")
-    b.add_argument("--precision", default="int8", choices=["fp16", "int8", "fp32"])
+    b.add_argument("--precision", default="int8", choices=["fp16", "int8", "fp32"],
+                   help="graphs the bundle has no ONNX for at this precision are built fp16")
     b.add_argument("--model", default="auto", choices=["auto", "student", "teacher"])
+    b.add_argument("--graphs", default="speaker,stage1,stage2,stage3", help="comma-separated stage graphs to build")
     b.add_argument("--rebuild", action="store_true", help="ignore cached engines")
+    b.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace limit (Orin Nano shares 8 GB)")
+    b.add_argument("--verify", metavar="CALIBRATION", nargs="?", const=str(_CALIBRATION), default=None,
+                   help="then compare each engine with onnxruntime on CALIBRATION (a folder with one <graph>.npz "
+                        "per graph, as calibration_data/); exit 1 when one fails the gate")
+    b.add_argument("--trtexec", action="store_true",
+                   help="only print the equivalent trtexec commands (no TensorRT needed); build nothing")
     b.set_defaults(func=cmd_build_engine)
 
     i = sub.add_parser("info", help="print a bundle's manifest as JSON")

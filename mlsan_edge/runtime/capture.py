@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mlsan_edge.config import SAMPLE_RATE
-from mlsan_edge.runtime.sources import CHUNK_SAMPLES, AudioChunk, Frame, Source, SourceError
+from mlsan_edge.runtime.source_base import CHUNK_SAMPLES, AudioChunk, Frame, Source, SourceError
 
 log = logging.getLogger(__name__)
 

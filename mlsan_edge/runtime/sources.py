@@ -17,6 +17,9 @@ files), so an utterance's [start_s, end_s) selects the frames that belong to it.
 which. Iterating a source yields items until the end of the stream. Sources are context managers.
 
 Query parameters: `file://x.wav?realtime=1` paces a file like a live source.
+
+The shared types live in `source_base.py`; live capture in `capture.py`, imported only when a
+mic:// or camera URI is opened (one direction: this module -> capture -> source_base).
 """
 
 from __future__ import annotations
@@ -24,62 +27,19 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import numpy as np
 
 from mlsan_edge.config import SAMPLE_RATE
+from mlsan_edge.runtime.source_base import CHUNK_SAMPLES, AudioChunk, Frame, Source, SourceError
 
 log = logging.getLogger(__name__)
 
-CHUNK_SAMPLES = 512  # one silero VAD window at 16 kHz (32 ms); the capture block size
 AUDIO_SCHEMES = ("mic", "file", "synth")
 VIDEO_SCHEMES = ("camera", "csi", "file", "synth")
 SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif"}
-
-
-class AudioChunk(NamedTuple):
-    t: float  # stream time of the first sample, s
-    samples: np.ndarray  # (512,) float32 in [-1, 1], 16 kHz mono
-
-
-class Frame(NamedTuple):
-    t: float  # presentation / capture time, s
-    image: np.ndarray  # (H, W, 3) uint8 BGR
-
-
-class SourceError(RuntimeError):
-    """A source that cannot be opened or read, with what to do about it."""
-
-
-class Source:
-    """Common behaviour: context manager, iteration until end of stream, close()."""
-
-    uri: str = ""
-    eos: bool = False  # True once the stream has ended (files, synth) or the source is closed
-
-    def read(self, timeout: float | None = 1.0):
-        """The next item, or None on timeout / end of stream (see `eos`)."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        self.eos = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __iter__(self) -> Iterator:
-        while not self.eos:
-            item = self.read(timeout=1.0)
-            if item is not None:
-                yield item
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.uri!r})"
 
 
 class _Paced:
@@ -395,3 +355,9 @@ def open_video(uri: str, t0: float | None = None) -> Source:
     if split.scheme == "file":
         return _open_file_video(uri, split, q)
     return _open_synth_video(uri, split, q)
+
+
+__all__ = [  # the shared types are re-exported: `from mlsan_edge.runtime.sources import Frame` keeps working
+    "CHUNK_SAMPLES", "AudioChunk", "Frame", "Source", "SourceError", "ArrayAudioSource", "FrameIterSource",
+    "open_audio", "open_video", "synth_tones", "synth_frames",
+]  # fmt: skip

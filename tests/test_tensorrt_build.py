@@ -1,5 +1,6 @@
-"""Everything around TensorRT that runs without it: cache names and invalidation, profiles,
-trtexec command lines, the missing-TensorRT message, progress bars and backend comparison."""
+"""Engine building (backends/tensorrt_build.py) and `mlsan-edge build-engine`, as far as they run
+without TensorRT: cache names and invalidation, profiles, trtexec command lines, the missing-TensorRT
+message, progress bars, and the builder's use of the TensorRT API against a recording fake."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
-from export import tensorrt_engine as te  # noqa: E402
-from mlsan_edge.backends import engine_cache, tensorrt as trt_backend  # noqa: E402
-from mlsan_edge.backends.engine_cache import DeviceIdentity, engine_cache_name, find_engine  # noqa: E402
-from mlsan_edge.backends.onnxruntime import OrtBackend  # noqa: E402
-from mlsan_edge.bundle import ModelSpec, TensorSpec, load_bundle  # noqa: E402
-from test_backends import AUDIO, TEXT, fake_engine, feeds, make_tiny_onnx, write_bundle  # noqa: E402
+from mlsan_edge.backends import engine_cache, tensorrt as trt_backend
+from mlsan_edge.backends import tensorrt_build as tb
+from mlsan_edge.backends.engine_cache import DeviceIdentity, engine_cache_name, find_engine
+from mlsan_edge.backends.stages import GRAPHS
+from mlsan_edge.bundle import ModelSpec, TensorSpec, load_bundle
+from mlsan_edge.bundle_writer import BundleWriter
+from mlsan_edge.cli import main as cli_main
+from test_backends import AUDIO, CLASSES, IO, PROFILES as MANIFEST_PROFILES, TEXT, fake_engine, make_tiny_onnx, write_bundle
 
 SHA = "3fa9c2e1d0b4a7c6" + "ab" * 24
 BASE = dict(onnx_sha256=SHA, precision="int8", trt_version="10.3.0", gpu_name="Orin", compute_capability="8.7")
@@ -112,12 +114,12 @@ PROFILES = {"audio": ((1, AUDIO), (2, AUDIO), (8, AUDIO)), "text": ((1, TEXT), (
 
 
 def test_profiles_come_from_the_manifest(bundle):
-    assert te.profiles_from_spec(bundle.model_spec("student.fp32")) == {
+    assert tb.profiles_from_spec(bundle.model_spec("student.fp32")) == {
         "audio": ((1, AUDIO), (1, AUDIO), (8, AUDIO)), "text": ((1, TEXT), (1, TEXT), (8, TEXT))}  # fmt: skip
     spec = ModelSpec("x.onnx", tuple(SPECS), ())
     with pytest.raises(ValueError, match="'audio' has dynamic shape .* no optimisation profile"):
-        te.profiles_from_spec(spec)
-    assert te.profiles_from_spec(ModelSpec("x.onnx", (TensorSpec("a", (1, 4)),), ())) == {}
+        tb.profiles_from_spec(spec)
+    assert tb.profiles_from_spec(ModelSpec("x.onnx", (TensorSpec("a", (1, 4)),), ())) == {}
 
 
 @pytest.mark.parametrize(
@@ -132,42 +134,66 @@ def test_profiles_come_from_the_manifest(bundle):
 )
 def test_bad_profiles_are_explained(profiles, match):
     with pytest.raises(ValueError, match=match):
-        te.validate_profiles(SPECS, profiles)
+        tb.validate_profiles(SPECS, profiles)
 
 
 def test_trtexec_command():
-    cmd = te.trtexec_command("my models/s.onnx", "s.engine", "int8", PROFILES, "t.cache", 512)
+    cmd = tb.trtexec_command("my models/s.onnx", "s.engine", "int8", PROFILES, "t.cache", 512)
     assert cmd == (
         "trtexec '--onnx=my models/s.onnx' --saveEngine=s.engine --int8 --fp16 "
         "--minShapes=audio:1x16,text:1x8 --optShapes=audio:2x16,text:2x8 --maxShapes=audio:8x16,text:8x8 "
         "--timingCacheFile=t.cache --memPoolSize=workspace:512M"
     )
-    assert te.trtexec_command("s.onnx", "s.engine", "fp16") == "trtexec --onnx=s.onnx --saveEngine=s.engine --fp16"
-    assert "--fp16" not in te.trtexec_command("s.onnx", "s.engine", "fp32")
+    assert tb.trtexec_command("s.onnx", "s.engine", "fp16") == "trtexec --onnx=s.onnx --saveEngine=s.engine --fp16"
+    assert "--fp16" not in tb.trtexec_command("s.onnx", "s.engine", "fp32")
     with pytest.raises(ValueError, match=r"unknown precision 'int4'; valid: \['fp32', 'fp16', 'int8'\]"):
-        te.trtexec_command("s.onnx", "s.engine", "int4")
+        tb.trtexec_command("s.onnx", "s.engine", "int4")
 
 
 def test_timing_cache_name_is_per_device():
-    assert te.timing_cache_name(ORIN) == "timing_trt10.3.0_orin_sm87.cache"
-    assert te.timing_cache_name(DeviceIdentity("10.3.0", "Orin", "8.6")) != te.timing_cache_name(ORIN)
+    assert tb.timing_cache_name(ORIN) == "timing_trt10.3.0_orin_sm87.cache"
+    assert tb.timing_cache_name(DeviceIdentity("10.3.0", "Orin", "8.6")) != tb.timing_cache_name(ORIN)
 
 
-def test_cli_prints_the_trtexec_command(bundle, capsys):
-    assert te.main(["trtexec", "--bundle", str(bundle.root), "--precision", "int8"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("trtexec --onnx=") and "student.int8.onnx" in out and "--int8 --fp16" in out
+def write_stage_bundle(dest: Path) -> Path:
+    """A bundle with the four stage graphs of a student (fp32 each, int8 for stage2 only)."""
+    with BundleWriter(dest, name="stages", classes=[f"c{i}" for i in range(CLASSES)],
+                      feature_contract={"sample_rate": 16000}, provenance={"data": "synthetic"}) as w:  # fmt: skip
+        for i, g in enumerate(GRAPHS):
+            for p in ("fp32", "int8") if g == "stage2" else ("fp32",):
+                make_tiny_onnx(w.dir / f"student.{g}.{p}.onnx", seed=i)
+                w.add_model(f"student.{g}.{p}", f"student.{g}.{p}.onnx", precision=p, profiles=MANIFEST_PROFILES, **IO)
+    return dest
+
+
+@pytest.fixture
+def stage_bundle(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLSAN_EDGE_CACHE", str(tmp_path / "cache"))
+    return load_bundle(write_stage_bundle(tmp_path / "s"))
+
+
+def test_cli_prints_the_trtexec_commands_without_tensorrt(stage_bundle, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert cli_main(["build-engine", "--bundle", str(stage_bundle.root), "--trtexec"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(line.startswith("trtexec --onnx=") for line in lines)
+    assert "student.stage2.int8.onnx" in lines[2] and "--int8 --fp16" in lines[2]  # int8 where the bundle has it
+    assert "student.stage1.fp32.onnx" in lines[1] and "--fp16" in lines[1] and "--int8" not in lines[1]
+    assert cli_main(["build-engine", "--bundle", str(stage_bundle.root), "--trtexec", "--graphs", "stage3"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert cli_main(["build-engine", "--bundle", str(stage_bundle.root), "--trtexec", "--graphs", "stage9"]) == 2
+    assert "unknown graph ['stage9']" in capsys.readouterr().err
 
 
 # --- no TensorRT / no GPU -------------------------------------------------------------------
 def test_missing_tensorrt_says_what_and_how(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
     with pytest.raises(trt_backend.TensorRTUnavailable) as e:
-        te.check_tensorrt()
+        trt_backend.check_tensorrt()
     msg = str(e.value)
     assert "TensorRT is not importable" in msg
-    for hint in ("JetPack 6", "TensorRT 10.3", "sudo apt install nvidia-jetpack", "python3-libnvinfer",
-                 "pip install tensorrt", "pypi.nvidia.com", "backend='onnxruntime'"):  # fmt: skip
+    for hint in ("JetPack 6", "TensorRT 10.3", "sudo apt install nvidia-tensorrt", "python3-libnvinfer", "nvidia-jetpack",
+                 "Python 3.10", "cuda-python==12.6", "pip install tensorrt", "pypi.nvidia.com", "backend='onnxruntime'"):  # fmt: skip
         assert hint in msg
     assert isinstance(e.value.__cause__, ImportError)
 
@@ -176,29 +202,49 @@ def test_no_gpu_and_old_tensorrt_are_explained(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
 
     def no_gpu():
-        raise RuntimeError("no CUDA GPU found (cuda-python not installed; torch sees no CUDA device)")
+        raise RuntimeError("no CUDA GPU found (cudaGetDeviceCount: cudaErrorNoDevice, ? devices)")
 
     monkeypatch.setattr(trt_backend, "query_gpu", no_gpu)
     with pytest.raises(trt_backend.TensorRTUnavailable, match="TensorRT 10.3.0 is installed but no CUDA GPU found"):
-        te.check_tensorrt()
+        trt_backend.check_tensorrt()
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1"))
     with pytest.raises(trt_backend.TensorRTUnavailable, match="TensorRT 8.6.1 found; mlsan_edge needs TensorRT >= 10"):
-        te.check_tensorrt()
+        trt_backend.check_tensorrt()
 
 
-def test_build_engine_without_tensorrt_writes_nothing(bundle, monkeypatch, capsys):
+def test_cuda_python_is_the_one_cuda_binding_and_its_absence_is_explained(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
+    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(trt_backend.TensorRTUnavailable, match=r"cuda-python is not installed.*JetPack 6 \(CUDA 12.6\): `pip install 'cuda-python==12.6.\*'`"):
+        trt_backend.check_tensorrt()
+    with pytest.raises(trt_backend.TensorRTUnavailable, match="cuda-python is not installed"):
+        trt_backend.default_allocator()
+
+
+def test_build_engine_without_tensorrt_writes_nothing(bundle, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(trt_backend.TensorRTUnavailable):
-        te.ensure_engine(bundle, "student", "int8")
-    assert te.main(["build", "--bundle", str(bundle.root), "--precision", "fp16"]) == 2
-    assert "nvidia-jetpack" in capsys.readouterr().err
+        tb.ensure_engine(bundle, "student", "int8")
     assert not bundle.engine_dir.exists()
 
 
-# --- progress and verification --------------------------------------------------------------
+def test_cli_without_tensorrt_says_what_is_missing_in_one_line(stage_bundle, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert cli_main(["build-engine", "--bundle", str(stage_bundle.root)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("mlsan-edge build-engine: error: TensorRT is not importable")
+    assert "TensorRT 10.3 comes with JetPack 6" in err and "sudo apt install nvidia-tensorrt" in err
+    assert not stage_bundle.engine_dir.exists()
+    with pytest.raises(trt_backend.TensorRTUnavailable):  # -v: the traceback
+        cli_main(["-v", "build-engine", "--bundle", str(stage_bundle.root)])
+
+
+# --- progress -------------------------------------------------------------------------------
 def test_progress_bars_follow_phases_and_can_cancel():
     out = io.StringIO()
-    bars = te.ProgressBars(file=out)
+    bars = tb.ProgressBars(file=out)
     bars.phase_start("Building engine", None, 3)
     bars.phase_start("Tactic search", "Building engine", 10)
     assert bars.step_complete("Tactic search", 4) and bars.bars["Tactic search"].n == 5
@@ -208,19 +254,6 @@ def test_progress_bars_follow_phases_and_can_cancel():
     assert bars.step_complete("Building engine", 2) is False
     bars.phase_finish("Building engine")
     assert bars.bars == {} and "Building engine" in out.getvalue()
-
-
-def test_compare_backends_reports_differences(tmp_path):
-    a = OrtBackend(make_tiny_onnx(tmp_path / "a.onnx", seed=0), threads=1)
-    b = OrtBackend(make_tiny_onnx(tmp_path / "b.onnx", seed=1), threads=1)
-    batches = [feeds(4, seed=i) for i in range(3)]
-    same = te.compare_backends(a, a, batches, "fp16")
-    assert same.ok and same.n_samples == 12 and same.max_abs_diff == {"probs": 0.0}
-    assert same.argmax_agreement == {"probs": 1.0} and "PASS: 12 samples" in same.summary()
-    diff = te.compare_backends(a, b, batches, "int8", max_batches=2)
-    assert not diff.ok and diff.n_samples == 8 and diff.max_abs_diff["probs"] > 0.05
-    assert diff.summary().startswith("FAIL")
-    assert np.isclose(diff.argmax_agreement["probs"] * 8, round(diff.argmax_agreement["probs"] * 8))
 
 
 # --- build_engine's use of the TensorRT API, against a recording fake -----------------------
@@ -325,7 +358,7 @@ def fake_trt(monkeypatch):
 def test_build_engine_drives_the_tensorrt_api(fake_trt, tmp_path):
     calls = fake_trt()
     (tmp_path / "t.cache").write_bytes(b"OLD")
-    out = te.build_engine(tmp_path / "s.onnx", tmp_path / "e" / "s.engine", "int8", PROFILES, tmp_path / "t.cache", 256, False)
+    out = tb.build_engine(tmp_path / "s.onnx", tmp_path / "e" / "s.engine", "int8", PROFILES, tmp_path / "t.cache", 256, False)
     assert out.read_bytes() == b"ENGINE" and (tmp_path / "t.cache").read_bytes() == b"TIMING"
     assert ("flag", "FP16") in calls and ("flag", "INT8") in calls and ("workspace", 256 << 20) in calls
     assert ("profile", PROFILES) in calls and ("timing_cache_in", b"OLD") in calls and ("monitor",) in calls
@@ -335,23 +368,36 @@ def test_build_engine_drives_the_tensorrt_api(fake_trt, tmp_path):
 
 def test_build_engine_explains_parser_errors_and_missing_qdq(fake_trt, tmp_path):
     fake_trt(parse_ok=False)
-    with pytest.raises(te.EngineBuildError, match=r"cannot parse .*s.onnx:\n  /stft/DFT \(DFT\): Unsupported op DFT"):
-        te.build_engine(tmp_path / "s.onnx", tmp_path / "s.engine", "fp16", PROFILES, progress=False)
+    with pytest.raises(tb.EngineBuildError, match=r"cannot parse .*s.onnx:\n  /stft/DFT \(DFT\): Unsupported op DFT"):
+        tb.build_engine(tmp_path / "s.onnx", tmp_path / "s.engine", "fp16", PROFILES, progress=False)
     fake_trt(quantized=False)
-    with pytest.raises(te.EngineBuildError, match="has no Q/DQ nodes: INT8 needs the quantised ONNX"):
-        te.build_engine(tmp_path / "s.onnx", tmp_path / "s.engine", "int8", PROFILES, progress=False)
+    with pytest.raises(tb.EngineBuildError, match="has no Q/DQ nodes: INT8 needs the quantised ONNX"):
+        tb.build_engine(tmp_path / "s.onnx", tmp_path / "s.engine", "int8", PROFILES, progress=False)
     fake_trt(built=None)
-    with pytest.raises(te.EngineBuildError, match="could not build"):
-        te.build_engine(tmp_path / "s.onnx", tmp_path / "s.engine", "fp16", PROFILES, progress=False)
+    with pytest.raises(tb.EngineBuildError, match="could not build"):
+        tb.build_engine(tmp_path / "s.onnx", tmp_path / "s.engine", "fp16", PROFILES, progress=False)
     assert not (tmp_path / "s.engine").exists()
 
 
 def test_ensure_engine_builds_once_then_reuses(fake_trt, bundle):
     calls = fake_trt()
-    path = te.ensure_engine(bundle, "student", "int8", progress=False)
+    path = tb.ensure_engine(bundle, "student", "int8", progress=False)
     assert path.parent == bundle.engine_dir and path.name.startswith("student-int8_trt10.3.0_orin_sm87_")
     assert find_engine(bundle, "student.int8", "int8", ORIN) == path
     assert (bundle.engine_dir / "timing_trt10.3.0_orin_sm87.cache").is_file()
-    assert te.ensure_engine(bundle, "student", "int8") == path and calls.count(("build",)) == 1
-    fp16 = te.ensure_engine(bundle, "student", "fp16", progress=False)  # from the fp32 ONNX
+    assert tb.ensure_engine(bundle, "student", "int8") == path and calls.count(("build",)) == 1
+    fp16 = tb.ensure_engine(bundle, "student", "fp16", progress=False)  # from the fp32 ONNX
     assert fp16.name.startswith("student-fp16_") and calls.count(("build",)) == 2
+
+
+def test_cli_builds_every_stage_graph_once(fake_trt, stage_bundle, capsys):
+    calls = fake_trt()
+    assert cli_main(["build-engine", "--bundle", str(stage_bundle.root), "--precision", "int8"]) == 0
+    out, err = capsys.readouterr()
+    engines = [Path(line) for line in out.splitlines()]
+    assert [e.name.split("_")[0] for e in engines] == [
+        "student.speaker-fp16", "student.stage1-fp16", "student.stage2-int8", "student.stage3-fp16"]  # fmt: skip
+    assert all(e.is_file() for e in engines) and err.count("trtexec --onnx=") == 4
+    assert calls.count(("build",)) == 4
+    assert cli_main(["build-engine", "--bundle", str(stage_bundle.root)]) == 0  # cached now
+    assert calls.count(("build",)) == 4
