@@ -41,7 +41,7 @@ def select_rows(data: Path, enc: dict):
     from mlsan_edge.train import concat_tables
 
     rng = np.random.default_rng(SEED)
-    rav = ravdess_table(data / "ravdess", enc["text_encoder"], enc["voice_encoder"])
+    rav = ravdess_table(data / "ravdess", enc["text_encoder"], enc["voice_encoder"], vad=enc.get("vad"))
     rav = rav.subset(np.where(np.isin(rav.group, RAVDESS_ACTORS))[0])
     order = stream_order(rav, shuffle_groups=set(np.unique(rav.group).tolist()), seed=SEED)
     keep = np.concatenate([order[rav.group[order] == g][:RAVDESS_PER_ACTOR] for g in np.unique(rav.group)])
@@ -97,11 +97,13 @@ def build(data: Path, model_path: Path, out: Path) -> dict:
     import torch
 
     from mlsan_edge.export.onnx_export import derive_inputs
-    from mlsan_edge.training_job import encoder_paths
+    from mlsan_edge.training_job import checkpoint_encoders, encoder_paths
 
     torch.set_num_threads(1)
     model, stats, doc = load_model(model_path)
-    enc = encoder_paths()
+    # the front-ends the model was trained with: its bundle's, or those its checkpoint records
+    is_bundle = (Path(model_path) / "manifest.json").exists()
+    enc = encoder_paths(bundle=model_path) if is_bundle else {**encoder_paths(), **checkpoint_encoders(model_path)}
     table, order = select_rows(data, enc)
     raw = raw_inputs(table, order, stats)
     full = derive_inputs(model, raw)  # through the fp32 graphs (torch == ONNX within 1e-5, tests/test_stages.py)

@@ -10,26 +10,27 @@ Layout::
 
 Loading (`load_bundle`) verifies the size and sha256 of *every* listed file before any model file
 is parsed, so a truncated copy or a half-finished download fails with the file's name instead of
-an obscure protobuf error. Writing (`BundleWriter`) goes to a temporary sibling folder that is
-renamed into place at the end, so an interrupted export never leaves a half bundle.
+an obscure protobuf error. `check_feature_contract` compares the manifest's feature contract with
+this code's constants (`config.py`); `load_runtime` and `mlsan-edge eval` call it before they
+build anything. Every model the device runs comes from `Bundle.path(role)` of the bundle it was
+given; the default bundle is just the one that ships (`DEFAULT_BUNDLE_DIR`, the only place that
+knows where it lives). Writing is `bundle_writer.BundleWriter` (offline only).
 
 No torch and no onnx here: this module runs on the device.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
+
+
+from mlsan_edge.feature_contract import FeatureContractError, check_feature_contract, expected_feature_contract  # noqa: F401,E501  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ MANIFEST_NAME = "manifest.json"
 DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "assets" / "bundles" / "default"
 ENGINE_DIR_NAME = "engines"  # cached TensorRT engines; not listed in `files`, checked separately
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+TOKENIZER_FILE = "encoders/tokenizer.json"  # the text encoder's tokenizer: a file, not a model role
 
 Dim = Union[int, str]  # a static size, or a symbolic name (dynamic); -1 also means dynamic
 
@@ -130,7 +132,8 @@ class Manifest:
         schema_version: format version; readers refuse anything newer than `SCHEMA_VERSION`.
         name: bundle name, e.g. "mlsan-student-v1".
         classes: class names in logit order.
-        feature_contract: sample rate, hop, dims, normalisation...; compared, never interpreted here.
+        feature_contract: sample rate, hop, dims, feature version, normalisation...; its numbers
+            are compared with this code's by `check_feature_contract`.
         models: role ("student.fp32", "student.int8", "voice_encoder", ...) -> ModelSpec.
         files: relative path -> {"sha256": hex, "size": bytes}, for every file but the manifest.
         provenance: data, git commit, date, command.
@@ -166,7 +169,7 @@ class Manifest:
         _require(d, REQUIRED_FIELDS, "manifest")
         files = {}
         for rel, rec in dict(d["files"]).items():
-            _check_relpath(rel)
+            check_relpath(rel)
             _require(rec, ("sha256", "size"), f"files[{rel!r}]")
             files[rel] = {"sha256": str(rec["sha256"]).lower(), "size": int(rec["size"])}
         models = {role: ModelSpec.from_dict(m, role) for role, m in dict(d["models"]).items()}
@@ -208,7 +211,7 @@ def _require(d: Mapping[str, Any], names: Sequence[str], where: str) -> None:
             raise BundleError(f"{where} is missing required field {n!r} (required: {list(names)})")
 
 
-def _check_relpath(rel: str) -> None:
+def check_relpath(rel: str) -> None:
     p = Path(rel)
     if p.is_absolute() or ".." in p.parts or rel in ("", MANIFEST_NAME):
         raise BundleError(f"manifest lists file {rel!r}: paths must be relative and inside the bundle")
@@ -247,6 +250,22 @@ class Bundle:
     def path(self, role: str) -> Path:
         """Absolute path of the model file for `role`."""
         return self.root / self.model_spec(role).file
+
+    def file(self, rel: str) -> Path:
+        """Absolute path of a listed file that is not a model (e.g. `TOKENIZER_FILE`).
+
+        Raises:
+            ValueError: `rel` is not in the manifest's `files`.
+        """
+        if rel not in self.manifest.files:
+            raise ValueError(f"bundle {self.manifest.name!r} ({self.root}) lists no file {rel!r}; "
+                             "re-export it with `mlsan-edge export`")
+        return self.root / rel
+
+    @property
+    def tokenizer_path(self) -> Path:
+        """The text encoder's tokenizer.json (ValueError when the bundle has none)."""
+        return self.file(TOKENIZER_FILE)
 
     def file_sha256(self, rel: str) -> str:
         return self.manifest.files[rel]["sha256"]
@@ -338,164 +357,6 @@ def verify_files(root: Path, manifest: Manifest) -> None:
             )
 
 
-def default_provenance(data: Any = None) -> dict:
-    """Date (UTC, ISO 8601), git commit of the working tree (or None), the command line, `data`."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "data": data,
-        "git_commit": commit,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
-    }
-
-
-class BundleWriter:
-    """Write a bundle atomically.
-
-    Files are written into a hidden temporary sibling of `dest`; on a clean exit every file is
-    hashed, the manifest is written last and the folder is renamed into place (an existing bundle
-    is renamed aside first and deleted only after the new one is in place). On an exception the
-    temporary folder is removed and `dest` is untouched.
-
-    Example::
-
-        with BundleWriter("out/bundle", name="student-v1", classes=EMOTIONS,
-                          feature_contract=contract) as w:
-            torch.onnx.export(model, args, w.dir / "student.fp32.onnx")
-            w.add_model("student.fp32", "student.fp32.onnx", inputs=[...], outputs=[...])
-            w.metrics["ravdess_unseen_acc"] = 0.71
-    """
-
-    def __init__(
-        self,
-        dest: str | os.PathLike,
-        *,
-        name: str,
-        classes: Sequence[str],
-        feature_contract: Mapping[str, Any],
-        provenance: Mapping[str, Any] | None = None,
-        metrics: Mapping[str, Any] | None = None,
-    ):
-        self.dest = Path(dest).expanduser().resolve()
-        self.name = name
-        self.classes = list(classes)
-        self.feature_contract = dict(feature_contract)
-        self.provenance = dict(provenance) if provenance is not None else default_provenance()
-        self.metrics: dict[str, Any] = dict(metrics or {})
-        self.models: dict[str, ModelSpec] = {}
-        self.dir: Path | None = None  # the temporary folder, set by __enter__
-
-    def __enter__(self) -> "BundleWriter":
-        if self.dest.exists() and not (self.dest / MANIFEST_NAME).is_file() and any(self.dest.iterdir()):
-            raise BundleError(f"refusing to replace {self.dest}: it exists and is not a bundle (no {MANIFEST_NAME})")
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self.dir = self.dest.parent / f".{self.dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.dir.mkdir()
-        return self
-
-    def add_file(self, rel: str, src: str | os.PathLike | None = None) -> Path:
-        """Copy `src` to `rel` inside the bundle (or just return the target path when src is None)."""
-        assert self.dir is not None, "use BundleWriter as a context manager"
-        _check_relpath(rel)
-        target = self.dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if src is not None:
-            shutil.copyfile(src, target)
-        return target
-
-    def add_model(
-        self,
-        role: str,
-        rel: str,
-        *,
-        inputs: Sequence[TensorSpec | Mapping],
-        outputs: Sequence[TensorSpec | Mapping],
-        precision: str = "fp32",
-        profiles: Mapping[str, Mapping[str, list]] | None = None,
-        src: str | os.PathLike | None = None,
-    ) -> Path:
-        """Register a model file (copied from `src`, or already written at `self.dir / rel`)."""
-        target = self.add_file(rel, src)
-        as_spec = lambda t: t if isinstance(t, TensorSpec) else TensorSpec.from_dict(t)  # noqa: E731
-        self.models[role] = ModelSpec(
-            file=rel,
-            inputs=tuple(as_spec(t) for t in inputs),
-            outputs=tuple(as_spec(t) for t in outputs),
-            precision=precision,
-            profiles=dict(profiles or {}),
-        )
-        return target
-
-    def _manifest(self) -> Manifest:
-        assert self.dir is not None
-        files = {}
-        for p in sorted(self.dir.rglob("*")):
-            rel = p.relative_to(self.dir).as_posix()
-            if p.is_file() and rel != MANIFEST_NAME and not rel.startswith(ENGINE_DIR_NAME + "/"):
-                files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
-        for role, spec in self.models.items():
-            if spec.file not in files:
-                raise BundleError(f"model {role!r} was registered with file {spec.file!r}, which was never written")
-        d = {
-            "schema_version": SCHEMA_VERSION,
-            "name": self.name,
-            "classes": self.classes,
-            "feature_contract": self.feature_contract,
-            "models": {r: s.to_dict() for r, s in self.models.items()},
-            "files": files,
-            "provenance": self.provenance,
-            "metrics": self.metrics,
-            "engines": {},
-        }
-        return Manifest.from_dict(json.loads(json.dumps(d)))  # JSON round trip = what readers see
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self.dir is not None
-        if exc_type is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            log.warning("bundle write to %s aborted (%s); nothing was changed there", self.dest, exc_type.__name__)
-            return
-        try:
-            manifest = self._manifest()
-            _write_json_atomic(self.dir / MANIFEST_NAME, manifest.to_dict())
-            _swap_into_place(self.dir, self.dest)
-        except BaseException:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            raise
-        log.info("wrote bundle %s (%d files) to %s", self.name, len(manifest.files), self.dest)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _swap_into_place(new: Path, dest: Path) -> None:
-    """Rename `new` to `dest`; an existing `dest` is moved aside first and removed last."""
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(dest, old)
-    try:
-        os.rename(new, dest)
-    except OSError:
-        if old is not None:
-            os.rename(old, dest)  # put the previous bundle back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 __all__ = [
     "SCHEMA_VERSION",
     "DEFAULT_BUNDLE_DIR",
@@ -505,8 +366,9 @@ __all__ = [
     "ModelSpec",
     "Manifest",
     "Bundle",
-    "BundleWriter",
     "load_bundle",
     "sha256_file",
-    "default_provenance",
+    "TOKENIZER_FILE",
+    "check_feature_contract",
+    "expected_feature_contract",
 ]

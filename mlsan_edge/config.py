@@ -21,6 +21,9 @@ WIN_LENGTH = SAMPLE_RATE * MEL_WINDOW_MS // 1000  # 400 samples
 HOP_LENGTH = SAMPLE_RATE * MEL_HOP_MS // 1000  # 160 samples
 N_MELS = 64  # log-mel bands of the emotion front-end (not the GE2E front-end, which uses 40)
 N_MFCC = 20
+N_STAT_EXTRA = 5 + 8 + 6  # energy, spectral shape, pitch summaries (see features.audio.utterance_features)
+AUDIO_DIM = 2 * N_MFCC + N_MFCC + 2 * N_MELS + N_STAT_EXTRA  # 207: the emotion front-end's output size
+FEATURE_VERSION = 2  # bump when a front-end changes: bundles and cached tables are refused / rebuilt (2: RAVDESS VAD-cut)
 
 # --- classes --------------------------------------------------------------------------------
 # MELD's seven emotions, in the order the model's logits use.

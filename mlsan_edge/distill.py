@@ -115,14 +115,16 @@ def run_distill(teacher_dir: Path, data: Path, out: Path, epochs: int | None = N
         raise FileNotFoundError(f"data folder not found: {data} (expected ravdess/ and meld/ as in ../shared/data)")
     if actors is None:
         actors = tdoc.get("data", {}).get("ravdess_actors") or None
-    text_enc = tdoc.get("encoders", {}).get("text_encoder")
-    enc = encoder_paths(text_enc if text_enc and Path(text_enc).exists() else None)
+    text_enc = tdoc.get("encoders", {}).get("text_encoder")  # relative: the bundle's; absolute: a fine-tuned one
+    bundle = tdoc.get("encoder_bundle", "default")  # the student sees the teacher's front-ends
+    enc = encoder_paths(text_enc if text_enc and Path(text_enc).is_absolute() and Path(text_enc).exists() else None,
+                        bundle)
     train = concat_tables(load_training_tables(data, enc, actors, use_meld=use_meld))
     tc = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
     student, hist = distill(teacher, train, stats, cfg=tc, kd=kd)
     meta = {"train": asdict(tc), "distill": {**asdict(kd), "teacher": str(teacher_dir),
                                              "teacher_n_params": teacher.n_params()},
-            "history": hist, "n_params": student.n_params(), **data_meta(train, enc)}
+            "history": hist, "n_params": student.n_params(), **data_meta(train, enc, bundle)}
     save_checkpoint(out, student, stats, meta)
     log.info("wrote %s (%d parameters, teacher %d)", out, student.n_params(), teacher.n_params())
     return {"checkpoint": str(out), "n_params": student.n_params(), "teacher_n_params": teacher.n_params(),

@@ -11,15 +11,26 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def encoder_paths(text_encoder: str | Path | None = None) -> dict[str, Path]:
-    """The encoders training uses: the default bundle's unless told otherwise."""
-    from mlsan_edge.features.text import DEFAULT_ONNX as TEXT_ONNX
-    from mlsan_edge.features.voice import DEFAULT_ONNX as VOICE_ONNX
+ENCODER_ROLES: tuple[str, ...] = ("text_encoder", "voice_encoder", "vad")  # what features are computed with
 
-    paths = {"text_encoder": Path(text_encoder) if text_encoder else TEXT_ONNX, "voice_encoder": VOICE_ONNX}
+
+def encoder_paths(text_encoder: str | Path | None = None, bundle="default") -> dict[str, Path]:
+    """The front-end models training uses: {"text_encoder", "voice_encoder", "vad"} -> file.
+
+    They come from `bundle` (default: the shipped one), so that what training computes is what a
+    device running that bundle computes. `text_encoder` replaces the bundle's text encoder (a
+    fine-tuned one, `mlsan-edge finetune-text`); its tokenizer is the `tokenizer.json` beside it.
+    """
+    from mlsan_edge.bundle import load_bundle
+
+    b = load_bundle(bundle, verify=False)  # encoders are hashed into the feature cache keys anyway
+    paths = {r: b.path(r) for r in ENCODER_ROLES}
+    if text_encoder:
+        paths["text_encoder"] = Path(text_encoder)
     for role, p in paths.items():
         if not p.exists():
-            raise FileNotFoundError(f"{role} not found at {p}: reinstall mlsan-edge or pass --text-encoder")
+            raise FileNotFoundError(f"{role} not found at {p}: reinstall mlsan-edge, copy the bundle again"
+                                    f"{' or pass --text-encoder' if role == 'text_encoder' else ''}")
     return paths
 
 
@@ -28,7 +39,8 @@ def load_training_tables(data: Path, enc: dict[str, Path], actors=None, use_meld
 
     tables = []
     if use_ravdess:
-        tables.append(ravdess_table(data / "ravdess", enc["text_encoder"], enc["voice_encoder"], actors=actors))
+        tables.append(ravdess_table(data / "ravdess", enc["text_encoder"], enc["voice_encoder"], actors=actors,
+                                    vad=enc.get("vad")))
     if use_meld:
         tables.append(meld_table(data / "meld", "train", enc["text_encoder"]))
     if not tables:
@@ -36,18 +48,75 @@ def load_training_tables(data: Path, enc: dict[str, Path], actors=None, use_meld
     return tables
 
 
-def data_meta(train, enc: dict[str, Path]) -> dict:
-    """What a checkpoint records of its data and encoders (provenance; the bundle copies it)."""
+def data_meta(train, enc: dict[str, Path], bundle="default") -> dict:
+    """What a checkpoint records of its data and front-end models (provenance; the bundle copies it).
+
+    Encoder paths are stored relative to the bundle they came from (`encoder_bundle`), never as
+    this machine's absolute paths; a file from outside that bundle (a fine-tuned text encoder)
+    keeps the path it was given. `checkpoint_encoders` turns them back into files.
+    """
+    from mlsan_edge.bundle import resolve_bundle_path
     from mlsan_edge.data.extract import file_sha
+
+    root = resolve_bundle_path(bundle).resolve()
+
+    def portable(p: Path) -> str:
+        try:
+            return Path(p).resolve().relative_to(root).as_posix()
+        except ValueError:
+            return str(p)
 
     return {
         "data": {"corpora": train.corpus, "n_utterances": len(train),
                  "ravdess_actors": sorted({int(g) for g, s in zip(train.group, train.speaker)
                                            if str(s).startswith("ravdess")}),
                  "licence": "weights derived from RAVDESS (CC BY-NC-SA 4.0) and MELD (GPL-3.0)"},
-        "encoders": {k: str(v) for k, v in enc.items()},
+        "encoders": {k: portable(v) for k, v in enc.items()},
+        "encoder_bundle": str(bundle),  # as given; `mlsan-edge export` rewrites it to the new bundle's files
         "encoder_sha256": {k: file_sha(v) for k, v in enc.items()},
     }
+
+
+def checkpoint_encoders(checkpoint: str | Path, doc: dict | None = None, bundle=None) -> dict[str, Path]:
+    """The front-end model files a checkpoint was trained with, as files on this machine.
+
+    A relative path is inside a bundle: the one holding the checkpoint (a bundle's teacher/ or
+    student/), else `bundle`, else the checkpoint's `encoder_bundle` ("default" when not recorded).
+    Each file is checked against the checkpoint's `encoder_sha256`, so a network is never packed
+    or evaluated with encoders other than its own.
+
+    Raises:
+        FileNotFoundError: a file is gone. ValueError: a file is not the one training used.
+    """
+    import json
+
+    from mlsan_edge.bundle import MANIFEST_NAME, load_bundle
+    from mlsan_edge.data.extract import file_sha
+
+    checkpoint = Path(checkpoint)
+    doc = doc if doc is not None else json.loads((checkpoint / "model.json").read_text())
+    if (checkpoint.parent / MANIFEST_NAME).exists():
+        bundle = checkpoint.parent
+    elif bundle is None:
+        bundle = doc.get("encoder_bundle", "default")
+    root = None
+    out = {}
+    for role, rel in doc.get("encoders", {}).items():
+        if not rel:
+            continue
+        p = Path(rel)
+        if not p.is_absolute():
+            root = root or load_bundle(bundle, verify=False).root
+            p = root / p
+        if not p.exists():
+            raise FileNotFoundError(f"the {role} checkpoint {checkpoint} was trained with is gone ({p}); "
+                                    "restore it, or pass the bundle it came from")
+        want = doc.get("encoder_sha256", {}).get(role)
+        if want and file_sha(p) != want:
+            raise ValueError(f"{p} is not the {role} checkpoint {checkpoint} was trained with (sha256 "
+                             f"{file_sha(p)} vs {want}); pass the bundle it was trained with")
+        out[role] = p
+    return out
 
 
 def fit_voice_scorer(train):
@@ -64,18 +133,20 @@ def fit_voice_scorer(train):
 
 def run_training(data: Path, out: Path, config: str = "teacher", epochs: int | None = None, seed: int = 0,
                  actors: list[int] | None = None, use_meld: bool = True, use_ravdess: bool = True,
-                 text_encoder: str | Path | None = None, ensemble: int | None = None) -> dict:
+                 text_encoder: str | Path | None = None, ensemble: int | None = None,
+                 bundle: str | Path = "default") -> dict:
+    """Train on the corpora under `data`, their features computed with `bundle`'s encoders and VAD."""
     from mlsan_edge.train import concat_tables, fit, model_config, save_checkpoint, train_config
 
     if not data.exists():
         raise FileNotFoundError(f"data folder not found: {data} (expected ravdess/ and meld/ as in ../shared/data)")
-    enc = encoder_paths(text_encoder)
+    enc = encoder_paths(text_encoder, bundle)
     train = concat_tables(load_training_tables(data, enc, actors, use_meld, use_ravdess))
     tc = train_config(config, seed=seed, **({} if epochs is None else {"epochs": epochs}),
                       **({} if ensemble is None else {"ensemble": ensemble}))
     mc = model_config(config)
     model, stats, hist = fit(train, mc, tc)
-    meta = {"train": asdict(tc), "history": hist, "n_params": model.n_params(), **data_meta(train, enc)}
+    meta = {"train": asdict(tc), "history": hist, "n_params": model.n_params(), **data_meta(train, enc, bundle)}
     save_checkpoint(out, model, stats, meta)
     scorer = fit_voice_scorer(train)
     if scorer is not None:

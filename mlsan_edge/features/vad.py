@@ -5,8 +5,9 @@
 `Utterance` when one has ended, else None; `flush()` closes the utterance still open at the
 end of a stream. `segment(wav)` runs both over a whole buffer.
 
-The model file is vendored in `mlsan_edge/assets/vad/` (silero-vad 6.2.3, MIT; see the NOTICE
-there) because the `silero_vad` package imports torch.
+The model file is a bundle's `vad` role (`vad/silero_vad.onnx`: silero-vad 6.2.3, MIT; see the
+bundle's LICENSES.md), vendored because the `silero_vad` package imports torch. `load_runtime` and
+training pass their bundle's copy; with none named, the default bundle's is used.
 
 Example:
     >>> seg = Segmenter()
@@ -26,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from mlsan_edge.config import SAMPLE_RATE
+from mlsan_edge.features.assets import default_asset
 
 log = logging.getLogger(__name__)
 
-MODEL_PATH = Path(__file__).resolve().parents[1] / "assets" / "vad" / "silero_vad.onnx"
 CHUNK_SAMPLES = 512  # one silero window at 16 kHz = 32 ms; also the capture block size
 CONTEXT_SAMPLES = 64  # the model expects the previous chunk's last 64 samples in front
 STATE_SHAPE = (2, 1, 128)  # recurrent state: (layers, batch, hidden)
@@ -43,19 +44,20 @@ class SileroVAD:
     passed in stream order; call `reset()` between unrelated streams.
 
     Args:
-        model_path: the silero ONNX file; defaults to the vendored copy.
+        model_path: the silero ONNX file, normally `bundle.path("vad")`; None: the default bundle's.
         threads: onnxruntime intra-op threads (one is enough: ~0.2 ms per chunk on a CPU core).
     """
 
     def __init__(self, model_path: str | Path | None = None, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        path = Path(model_path) if model_path is not None else MODEL_PATH
+        path = Path(model_path) if model_path is not None else default_asset("vad")
         if not path.exists():
             raise FileNotFoundError(
-                f"silero VAD model not found at {path}; expected the vendored "
-                "mlsan_edge/assets/vad/silero_vad.onnx. Reinstall mlsan-edge (pip install .) "
-                "or pass model_path= to the ONNX file from the silero-vad wheel.")
+                f"silero VAD model not found at {path}; a bundle ships it as vad/silero_vad.onnx. "
+                "Reinstall mlsan-edge (pip install .) or pass model_path= to the ONNX file from the "
+                "silero-vad wheel.")
+        self.model_path = path
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -127,7 +129,9 @@ class Segmenter:
 
     Args:
         config: thresholds and durations.
-        vad: a `SileroVAD` (one is created when None); any callable chunk -> probability works.
+        vad: a `SileroVAD`, or the path of a silero ONNX file (e.g. `bundle.path("vad")`) to
+            build one from; None: a `SileroVAD` of the default bundle's model. Any callable
+            chunk -> probability works.
     """
 
     def __init__(self, config: VADConfig | None = None, vad=None) -> None:
@@ -136,7 +140,7 @@ class Segmenter:
         if not 0.0 < c.neg_threshold <= c.threshold < 1.0:
             raise ValueError(f"VAD thresholds must satisfy 0 < neg_threshold <= threshold < 1, "
                              f"got neg_threshold={c.neg_threshold}, threshold={c.threshold}")
-        self.vad = vad if vad is not None else SileroVAD()
+        self.vad = SileroVAD(vad) if vad is None or isinstance(vad, (str, Path)) else vad
         ms = SAMPLE_RATE // 1000
         self._pad = c.speech_pad_ms * ms
         self._min_speech = c.min_speech_ms * ms
@@ -164,14 +168,18 @@ class Segmenter:
         """Whether an utterance is open."""
         return self._start is not None
 
-    def partial(self) -> np.ndarray | None:
+    def partial(self, padded: bool = False) -> np.ndarray | None:
         """Audio of the open utterance so far ((n,) float32, no end padding), or None.
 
         Lets the caller embed the voice while the person is still speaking.
+
+        Args:
+            padded: start with the padding the emitted `Utterance.audio` will start with, so the
+                result is a prefix of it.
         """
         if self._start is None:
             return None
-        return np.concatenate(self._chunks)
+        return np.concatenate([self._pre, *self._chunks] if padded else self._chunks)
 
     def process(self, chunk: np.ndarray, t_s: float | None = None) -> Utterance | None:
         """Advance by one chunk.

@@ -2,7 +2,7 @@
 
 The network is the 3-layer LSTM of Wan et al., "Generalized End-to-End Loss for Speaker
 Verification" (ICASSP 2018), as trained and shipped by resemblyzer (Apache-2.0). Its weights
-live in `mlsan_edge/assets/bundles/default/encoders/voice_encoder.onnx`, written by `python -m export.voice_encoder`.
+are a bundle's `voice_encoder` (`encoders/voice_encoder.onnx`), written by `python -m export.voice_encoder`.
 
 This module reimplements resemblyzer's front-end so the device needs neither torch nor librosa:
 
@@ -30,11 +30,10 @@ from typing import Sequence
 import numpy as np
 
 from mlsan_edge.config import SAMPLE_RATE, VOICE_DIM
+from mlsan_edge.features.assets import default_asset
 from mlsan_edge.features.mel import mel_filterbank, power_spectrogram
 
 log = logging.getLogger(__name__)
-
-DEFAULT_ONNX = Path(__file__).resolve().parents[1] / "assets" / "bundles" / "default" / "encoders" / "voice_encoder.onnx"
 
 # --- resemblyzer/hparams.py, with the derivations written out -----------------------------------
 GE2E_WINDOW_MS = 25
@@ -147,8 +146,8 @@ class VoiceEncoder:
     The ONNX session is created on first use, so constructing one is cheap.
 
     Args:
-        onnx_path: exported encoder (input `mels` (B, 160, 40), output `embeddings` (B, 256));
-            default the packaged asset.
+        onnx_path: exported encoder (input `mels` (B, 160, 40), output `embeddings` (B, 256)),
+            normally `bundle.path("voice_encoder")`; None: the default bundle's.
         providers: onnxruntime execution providers; default CPU.
         num_threads: intra-op threads of the session (the LSTM gains little beyond 2).
     """
@@ -156,7 +155,7 @@ class VoiceEncoder:
     def __init__(
         self, onnx_path: str | Path | None = None, providers: Sequence[str] | None = None, num_threads: int = 2
     ):
-        self.onnx_path = Path(onnx_path) if onnx_path is not None else DEFAULT_ONNX
+        self.onnx_path = Path(onnx_path) if onnx_path is not None else default_asset("voice_encoder")
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         self.num_threads = max(1, min(num_threads, os.cpu_count() or 1))
         self._session = None
