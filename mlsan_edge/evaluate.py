@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +24,33 @@ STREAM_SEED = 0
 
 
 def load_model(bundle: str | Path):
-    """(model, global stats, metadata, encoder paths) from a bundle ('default' or a folder) or a
-    bare training checkpoint (a folder with model.json + model.safetensors)."""
-    from mlsan_edge.bundle import BundleError, load_bundle, resolve_bundle_path
+    """(model, global stats, metadata, front-end model files) from a bundle ('default' or a
+    folder) or a bare training checkpoint (a folder with model.json + model.safetensors).
+
+    The front-end files (`bundle_encoders`) are the bundle's own, or for a checkpoint the ones it
+    was trained with (`training_job.checkpoint_encoders`)."""
+    from mlsan_edge.bundle import BundleError, check_feature_contract, load_bundle, resolve_bundle_path
     from mlsan_edge.train import load_checkpoint
+    from mlsan_edge.training_job import checkpoint_encoders
 
     path = resolve_bundle_path(bundle)
     if (path / "model.json").exists():  # a checkpoint straight from `mlsan-edge train`
         model, stats, meta = load_checkpoint(path)
-        enc = meta.get("encoders", {})
-        return model, stats, meta, {k: Path(v) if v else None for k, v in enc.items()}
+        return model, stats, meta, checkpoint_encoders(path, meta)
     try:
         b = load_bundle(path)
     except BundleError as e:
         raise BundleError(f"{bundle} is neither a bundle nor a checkpoint: {e}") from e
+    check_feature_contract(b)
     model, stats, meta = load_checkpoint(b.root / "teacher")
-    enc = {r: b.path(r) for r in ("text_encoder", "voice_encoder") if r in b.roles}
-    return model, stats, meta, enc
+    return model, stats, meta, bundle_encoders(b)
+
+
+def bundle_encoders(b) -> dict[str, Path]:
+    """{"text_encoder", "voice_encoder", "vad"} -> the bundle's file, for the roles it has."""
+    from mlsan_edge.training_job import ENCODER_ROLES
+
+    return {r: b.path(r) for r in ENCODER_ROLES if r in b.roles}
 
 
 def evaluation_table(dataset: str, data: str | Path, split: str, encoders: dict, progress: bool = True,
@@ -53,7 +64,7 @@ def evaluation_table(dataset: str, data: str | Path, split: str, encoders: dict,
         raise FileNotFoundError(f"data folder not found: {data}")
     if dataset == "ravdess":
         return ravdess_table(data, encoders.get("text_encoder"), encoders.get("voice_encoder"), actors=actors,
-                             progress=progress)
+                             progress=progress, vad=encoders.get("vad"))
     if actors:
         raise ValueError("--actors selects RAVDESS actors; MELD has no actor numbers")
     return meld_table(data, split, encoders.get("text_encoder"), progress=progress)
@@ -81,9 +92,8 @@ def evaluate(bundle: str | Path, dataset: str, data: str | Path, split: str = "d
     else:
         from mlsan_edge.data.replay import replay_table
 
-        b = stages.bundle
         meta = {"model": {"name": stages.model}}
-        enc = {r: b.path(r) for r in ("text_encoder", "voice_encoder") if r in b.roles}
+        enc = bundle_encoders(stages.bundle)
     table = hide_modalities(evaluation_table(dataset, data, split, enc, progress, actors), modalities)
     shuffle = set(np.unique(table.group).tolist()) if (dataset == "ravdess" and stream) else None
     order = stream_order(table, shuffle_groups=shuffle, seed=seed)
@@ -108,10 +118,13 @@ def evaluate(bundle: str | Path, dataset: str, data: str | Path, split: str = "d
         json_out = Path(json_out)
         json_out.parent.mkdir(parents=True, exist_ok=True)
         png = json_out.with_suffix(".confusion.png")
-        plot_confusion(res["confusion"], EMOTIONS, png,
-                       f"{dataset} {res['split']}{' stream' if stream else ''}: acc {res['accuracy']:.1f}%, "
-                       f"wF1 {res['weighted_f1']:.1f}")
-        res["confusion_png"] = str(png)
+        try:
+            plot_confusion(res["confusion"], EMOTIONS, png,
+                           f"{dataset} {res['split']}{' stream' if stream else ''}: acc {res['accuracy']:.1f}%, "
+                           f"wF1 {res['weighted_f1']:.1f}")
+            res["confusion_png"] = str(png)
+        except ImportError as e:  # the device install (`mlsan-edge demo --json`) has no matplotlib
+            warnings.warn(f"{e}; writing {json_out} without the confusion-matrix PNG", RuntimeWarning, stacklevel=2)
         json_out.write_text(json.dumps(res, indent=2))
     return res
 
@@ -133,14 +146,17 @@ def hide_modalities(table, modalities):
 
 def _backend_choice(bundle, backend: str, precision: str, model: str):
     """(backend, precision, Stages or None for torch) for `evaluate`."""
-    from mlsan_edge.bundle import MANIFEST_NAME, load_bundle, resolve_bundle_path
+    from mlsan_edge.bundle import MANIFEST_NAME, check_feature_contract, load_bundle, resolve_bundle_path
 
     valid = ("auto", "torch", "onnxruntime", "tensorrt")
     if backend not in valid:
         raise ValueError(f"unknown backend {backend!r}; valid: {list(valid)}")
     path = resolve_bundle_path(bundle)
-    has_graphs = (path / MANIFEST_NAME).exists() and any(
-        r.endswith(".stage3.fp32") for r in load_bundle(path, verify=False).roles)
+    has_graphs = False
+    if (path / MANIFEST_NAME).exists():
+        manifest_only = load_bundle(path, verify=False)  # hashed when the chosen backend loads it
+        check_feature_contract(manifest_only)  # before any feature is computed: refuse, don't mis-predict
+        has_graphs = any(r.endswith(".stage3.fp32") for r in manifest_only.roles)
     # auto: the most accurate model this machine can run. Evaluation is offline work, so with
     # torch installed that is the teacher; on a torch-free device install, the ONNX student.
     import importlib.util

@@ -51,8 +51,16 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str] | tuple[st
 
 
 def plot_confusion(cm: np.ndarray | list, classes, path: str | Path, title: str = "") -> Path:
-    """Row-normalised confusion matrix as a PNG (counts written in each cell)."""
-    import matplotlib
+    """Row-normalised confusion matrix as a PNG (counts written in each cell).
+
+    Raises:
+        ImportError: matplotlib is not installed (it is in the [train] and [dev] extras, not the
+            device install).
+    """
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("plotting the confusion matrix needs matplotlib: pip install 'mlsan-edge[train]'") from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

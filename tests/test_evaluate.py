@@ -1,9 +1,14 @@
-"""evaluate: hiding modalities (what the device sees without camera or text) and argument checks."""
+"""evaluate: hiding modalities (what the device sees without camera or text), argument checks,
+and the stage-graph evaluation of the embedded sample: `replay_table` in stream order."""
+
+import json
 
 import numpy as np
 import pytest
 
-from mlsan_edge.evaluate import evaluate, hide_modalities
+from mlsan_edge.config import EMOTIONS
+from mlsan_edge.data.replay import replay_table, stream_order
+from mlsan_edge.evaluate import STREAM_SEED, evaluate, evaluation_table, hide_modalities
 from tests.test_replay import make_table
 
 
@@ -31,3 +36,44 @@ def test_actors_are_only_for_ravdess(tmp_path):
     (tmp_path / "meld").mkdir()
     with pytest.raises(ValueError, match="RAVDESS actors"):
         evaluate("default", "meld", tmp_path / "meld", actors=[1], backend="onnxruntime", progress=False)
+
+
+@pytest.fixture(scope="module")
+def sample_dir():
+    from mlsan_edge.cli import SAMPLE_DIR  # the RAVDESS clips `mlsan-edge demo` runs on
+
+    return SAMPLE_DIR
+
+
+def test_stage_graph_evaluation_is_replay_table_in_stream_order(sample_dir, tmp_path):
+    from mlsan_edge.backends.stages import Stages
+
+    res = evaluate("default", "ravdess", sample_dir, stream=True, details=True, backend="onnxruntime",
+                   precision="fp32", progress=False, json_out=tmp_path / "r.json")
+    stages = Stages("default", backend="onnxruntime", precision="fp32")
+    enc = {r: stages.bundle.path(r) for r in ("text_encoder", "voice_encoder") if r in stages.bundle.roles}
+    table = evaluation_table("ravdess", sample_dir, "dev", enc, progress=False)
+    order = stream_order(table, shuffle_groups=set(np.unique(table.group).tolist()), seed=STREAM_SEED)
+    probs = replay_table(stages, table, order)["probs"]
+    assert res["backend"] == "onnxruntime" and res["n"] == len(table) > 1
+    assert [p["row"] for p in res["predictions"]] == order.tolist()
+    for p in res["predictions"]:
+        assert p["emotion"] == EMOTIONS[probs[p["row"]].argmax()]
+        assert p["p"] == pytest.approx(float(probs[p["row"]].max()), abs=1e-4)
+    assert json.loads((tmp_path / "r.json").read_text())["accuracy"] == res["accuracy"]
+    assert (tmp_path / "r.confusion.png").stat().st_size > 0
+
+
+def test_json_without_matplotlib_warns_and_skips_the_png(sample_dir, tmp_path, monkeypatch):
+    """The device install has no matplotlib: `mlsan-edge demo --json` still writes the JSON."""
+    import mlsan_edge.evaluate as ev
+
+    def no_matplotlib(*args, **kwargs):
+        raise ImportError("plotting the confusion matrix needs matplotlib")
+
+    monkeypatch.setattr(ev, "plot_confusion", no_matplotlib)
+    with pytest.warns(RuntimeWarning, match="without the confusion-matrix PNG"):
+        res = evaluate("default", "ravdess", sample_dir, stream=True, backend="onnxruntime", progress=False,
+                       json_out=tmp_path / "r.json")
+    assert "confusion_png" not in res and json.loads((tmp_path / "r.json").read_text())["n"] == res["n"]
+    assert not (tmp_path / "r.confusion.png").exists()

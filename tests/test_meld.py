@@ -98,6 +98,7 @@ def test_empty_file(meld_root):
         load_meld(meld_root, "dev")
 
 
+@pytest.mark.requires_data
 def test_real_meld_dev(shared_data):
     dialogues = load_meld(shared_data / "meld", "dev")
     utts = [u for d in dialogues for u in d]

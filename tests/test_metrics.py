@@ -21,3 +21,37 @@ def test_purity_coverage_counts_majorities():
 def test_report_accuracy_and_f1():
     r = report(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ["x", "y"])
     assert r["accuracy"] == pytest.approx(75.0) and r["n"] == 4
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_report_matches_scikit_learn(seed):
+    """Random labels, with classes absent from the truth, from the predictions, or from both."""
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(seed)
+    classes = [f"c{i}" for i in range(7)]
+    n = int(rng.integers(1, 60))
+    allowed_true = rng.choice(7, size=int(rng.integers(1, 7)), replace=False)  # some classes never occur
+    allowed_pred = rng.choice(7, size=int(rng.integers(1, 7)), replace=False)
+    y_true, y_pred = rng.choice(allowed_true, n), rng.choice(allowed_pred, n)
+    if seed == 0:
+        y_pred = y_true.copy()  # perfect
+    r = report(y_true, y_pred, classes)
+    labels = list(range(7))
+    assert r["n"] == n
+    assert r["accuracy"] == pytest.approx(100 * metrics.accuracy_score(y_true, y_pred), abs=0.005)
+    assert r["weighted_f1"] == pytest.approx(
+        100 * metrics.f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0), abs=0.005)
+    present = sorted(set(y_true.tolist()))  # macro F1 over the classes in the truth
+    assert r["macro_f1"] == pytest.approx(
+        100 * metrics.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0), abs=0.005)
+    per_class = metrics.f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    assert set(r["per_class_f1"]) == {classes[c] for c in present}  # only classes with support
+    for c in present:
+        assert r["per_class_f1"][classes[c]] == pytest.approx(100 * per_class[c], abs=0.005)
+    np.testing.assert_array_equal(r["confusion"], metrics.confusion_matrix(y_true, y_pred, labels=labels))
+    assert r["support"] == {classes[c]: int((y_true == c).sum()) for c in labels}
+
+
+def test_report_of_nothing():
+    r = report(np.array([], np.int64), np.array([], np.int64), ["x", "y"])
+    assert r["n"] == 0 and r["accuracy"] == 0.0 and r["weighted_f1"] == 0.0 and r["per_class_f1"] == {}

@@ -119,6 +119,7 @@ def test_parse_name_fields():
                                                        "repetition": 2, "actor": 17}
 
 
+@pytest.mark.requires_data
 def test_real_ravdess(shared_data):
     clips = load_ravdess(shared_data / "ravdess")
     assert len(clips) == 1200

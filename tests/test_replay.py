@@ -1,13 +1,15 @@
-"""Replaying tables as streams: causal profile inputs, packing, and stream order."""
+"""Replaying tables as streams: causal profile inputs, packing, stream order, and `replay_table`
+(the device-order replay `mlsan-edge eval` and the benchmarks run) with the default bundle."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
 from mlsan_edge.config import MODALITIES
-from mlsan_edge.data.replay import pack, profile_inputs, stream_order
-from mlsan_edge.profile import GlobalStats, profile_row
+from mlsan_edge.data.replay import pack, profile_inputs, replay_table, stream_order
 from mlsan_edge.data.table import UtteranceTable
-from mlsan_edge.profile import PRIOR_COUNT, VAR_FLOOR, SpeakerProfile
+from mlsan_edge.profile import PRIOR_COUNT, VAR_FLOOR, GlobalStats, SpeakerProfile, profile_row
 
 DIMS = {"audio": 6, "visual": 4, "text": 5}
 VOICE = 8
@@ -167,3 +169,115 @@ def test_global_stats_use_present_rows_only():
     back = GlobalStats.from_dict(s.to_dict())
     for m in MODALITIES:
         np.testing.assert_array_equal(back.mean[m], s.mean[m])
+
+
+# --- replay_table: what `mlsan-edge eval` and the benchmarks run -------------------------------
+@pytest.fixture(scope="module")
+def stages():
+    from mlsan_edge.backends.stages import Stages
+
+    s = Stages("default", backend="onnxruntime", precision="fp32", threads=1)
+    yield s
+    s.close()
+
+
+def device_table(stages, groups=(6, 5, 4), speakers=None, seed=0) -> UtteranceTable:
+    """Utterances shaped like the default bundle's inputs, drawn around its training statistics.
+
+    speakers(g, p) names the speaker of utterance p of group g; by default turns of two among
+    three speakers, who carry over from one group to the next."""
+    speakers = speakers or (lambda g, p: f"s{(g + p // 2) % 3}")
+    rng = np.random.default_rng(seed)
+    group = np.concatenate([np.full(n, g, np.int64) for g, n in enumerate(groups)])
+    position = np.concatenate([np.arange(n) for n in groups]).astype(np.int64)
+    spk = np.array([speakers(g, p) for g, p in zip(group, position)])
+    n, st = len(group), stages.global_stats
+    feats = {m: (st.mean[m] + np.sqrt(st.var[m]) * rng.normal(size=(n, len(st.mean[m])))).astype(np.float32)
+             for m in MODALITIES}
+    masks = {m: rng.random(n) > 0.25 for m in MODALITIES}
+    for m in MODALITIES:
+        feats[m][~masks[m]] = 0
+    centre = {s: rng.normal(size=stages.voice_dim) for s in np.unique(spk)}
+    voice = np.stack([centre[s] + rng.normal(0, 0.3, stages.voice_dim) for s in spk])
+    voice = (voice / np.linalg.norm(voice, axis=1, keepdims=True)).astype(np.float32)
+    mask_voice = masks["audio"] & (rng.random(n) > 0.2)  # the voice embedding comes from the audio
+    voice[~mask_voice] = 0
+    return UtteranceTable("synthetic", **feats, voice=voice, **{f"mask_{m}": v for m, v in masks.items()},
+                          mask_voice=mask_voice, label=rng.integers(0, 7, n), speaker=spk, group=group,
+                          position=position)
+
+
+def packed_stream_probs(stages, t: UtteranceTable, order: np.ndarray) -> np.ndarray:
+    """The reference: the training side's packed batch (`profile_inputs` + `pack`, what the
+    network is trained on) fed to the stage graphs one utterance at a time, each speaker's
+    parameters passed through the speaker cache's byte form."""
+    prof = profile_inputs(t, order, stages.global_stats)
+    b = pack(t, order, prof)
+    probs = np.zeros((len(t), len(stages.classes)), np.float32)
+    keys = [k for k in prof if k.startswith("profile_")]
+    for s in range(b["index"].shape[0]):
+        history = stages.new_history()
+        for k in np.flatnonzero(b["valid"][s]):
+            x = {m: b[m][s, k] if b[f"mask_{m}"][s, k] else None for m in (*MODALITIES, "voice")}
+            params = stages.speaker_params({key: b[key][s, k] for key in keys}, x["voice"])
+            params = stages.params_from_bytes(stages.params_to_bytes(params))
+            fused, _ = stages.stage2(x["text"], stages.stage1(x["audio"], x["visual"], params), params)
+            probs[b["index"][s, k]], _ = stages.stage3(fused, bool(b["same_speaker_prev"][s, k]), history)
+    return probs
+
+
+def test_replay_table_equals_the_packed_streams_one_utterance_at_a_time(stages):
+    t = device_table(stages)
+    order = stream_order(t, shuffle_groups={1}, seed=2)
+    out = replay_table(stages, t, order)
+    assert out["probs"].shape == (len(t), len(stages.classes)) and out["trust"].shape == (len(t), len(MODALITIES))
+    np.testing.assert_allclose(out["probs"], packed_stream_probs(stages, t, order), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out["probs"].sum(1), 1.0, atol=1e-5)
+    present = np.stack([getattr(t, f"mask_{m}") for m in MODALITIES], 1)
+    assert (out["trust"][~present] == 0).all() and (out["trust"][present] > 0).all()
+    assert len(np.unique(out["probs"].argmax(1))) > 1 or np.ptp(out["probs"], 0).max() > 1e-3  # not constant
+
+
+def test_replay_table_is_causal(stages):
+    t = device_table(stages)
+    order = stream_order(t)
+    ref = replay_table(stages, t, order)
+    for cut in (3, 8):
+        later, earlier = order[cut:], order[:cut]
+        changed = device_table(stages)
+        for m in MODALITIES:
+            getattr(changed, m)[later] *= -1.5
+        changed.voice[later] = changed.voice[later][::-1]
+        got = replay_table(stages, changed, order)
+        for k in ("probs", "trust"):
+            np.testing.assert_array_equal(got[k][earlier], ref[k][earlier], err_msg=f"{k} saw the future")
+        assert not np.allclose(got["probs"][later], ref["probs"][later])  # the change is visible
+
+
+def test_replay_table_resets_the_context_when_the_stream_changes(stages):
+    """With one set of speakers per stream (no profile carried over), a stream replays the same
+    alone as after another stream: the context history and previous speaker start afresh."""
+    t = device_table(stages, groups=(7, 6), speakers=lambda g, p: f"g{g}-s{p % 2}")
+    order = stream_order(t)
+    both = replay_table(stages, t, order)
+    second = np.flatnonzero(t.group == 1)
+    alone = t.subset(second)
+    got = replay_table(stages, alone, stream_order(alone))
+    np.testing.assert_allclose(got["probs"], both["probs"][second], rtol=0, atol=1e-6)
+    # and the first utterance of a stream really does not see the previous one's context:
+    merged = device_table(stages, groups=(7, 6), speakers=lambda g, p: f"g{g}-s{p % 2}")
+    merged.group[:] = 0
+    merged.position[second] += 7
+    joined = replay_table(stages, merged, stream_order(merged))
+    assert not np.allclose(joined["probs"][second[0]], both["probs"][second[0]], atol=1e-6)
+
+
+def test_replay_table_carries_a_speakers_profile_across_streams(stages):
+    """Profiles are per speaker, not per stream: the same speaker in the next stream is not new."""
+    t = device_table(stages, groups=(6, 6), speakers=lambda g, p: "same")
+    order = stream_order(t)
+    both = replay_table(stages, t, order)
+    second = np.flatnonzero(t.group == 1)
+    alone = t.subset(second)
+    got = replay_table(stages, alone, stream_order(alone))
+    assert not np.allclose(got["probs"][0], both["probs"][second[0]], atol=1e-6)

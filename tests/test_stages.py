@@ -9,9 +9,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from conftest import HAVE_DATA, HAVE_TORCH, SHARED_DATA, requires_torch
+from conftest import HAVE_TORCH, SHARED_DATA, requires_torch
 from mlsan_edge.config import MODALITIES
-from mlsan_edge.data.replay import pack, profile_inputs, stream_order
+from mlsan_edge.data.replay import pack, profile_inputs, replay_table, stream_order
 from mlsan_edge.profile import GlobalStats
 from mlsan_edge.data.table import UtteranceTable
 
@@ -70,9 +70,13 @@ def make_model(cfg, table: UtteranceTable, seed=0) -> "MLSAN":
     return m.eval()
 
 
-@torch.no_grad()
 def stream_probs(model, batch: dict) -> np.ndarray:
     """Run every stream of a packed batch one utterance at a time through the four wrappers."""
+    with torch.no_grad():
+        return _stream_probs(model, batch)
+
+
+def _stream_probs(model, batch: dict) -> np.ndarray:
     mods = stage_modules(model)
     W, H = history_len(model), model.cfg.hidden
     B, T = batch["valid"].shape
@@ -128,36 +132,8 @@ def test_graph_io_names_and_macs():
 
 
 # --- the onnxruntime runtime against train.predict ---------------------------------------------
-def _runtime_probs(stages, table: UtteranceTable, order: np.ndarray, stats: GlobalStats) -> np.ndarray:
-    """Replay `order` through `Stages` exactly as the device does (profile per speaker, history
-    per stream, reset at each new stream)."""
-    from mlsan_edge.profile import SpeakerProfile
-    from mlsan_edge.profile import profile_row
-    from mlsan_edge.backends.stages import ContextHistory
-
-    dims = {m: getattr(table, m).shape[1] for m in MODALITIES}
-    probs = np.zeros((len(table), 7), np.float32)
-    hist = ContextHistory(stages.history_len, stages.hidden)
-    profiles, prev_group, prev_spk = {}, None, None
-    for i in order:
-        if table.group[i] != prev_group:
-            hist.reset()
-            prev_group, prev_spk = table.group[i], None
-        p = profiles.setdefault(table.speaker[i], SpeakerProfile(dims=dims, voice_dim=table.voice.shape[1]))
-        row = profile_row(p, stats)
-        current = table.voice[i] if table.mask_voice[i] else None
-        voice = p.voice_centroid() if p.voice_count else current  # earlier utterances; else this one
-        params = stages.params_from_bytes(stages.params_to_bytes(stages.speaker_params(row, voice)))
-        p.update({m: getattr(table, m)[i] if getattr(table, f"mask_{m}")[i] else None for m in MODALITIES},
-                 voice=current)
-        cal = stages.stage1(table.audio[i] if table.mask_audio[i] else None,
-                            table.visual[i] if table.mask_visual[i] else None, params)
-        fused, trust = stages.stage2(table.text[i] if table.mask_text[i] else None, cal, params)
-        probs[i], _ = stages.stage3(fused, table.speaker[i] == prev_spk, hist)
-        prev_spk = table.speaker[i]
-    return probs
-
-
+# The device-order replay is `mlsan_edge.data.replay.replay_table` itself (what `mlsan-edge eval`
+# and the benchmarks run), never a copy of its loop.
 def _export(model, stats, tmp_path, name="student"):
     from mlsan_edge.export.onnx_export import write_stage_bundle
 
@@ -175,12 +151,12 @@ def test_runtime_matches_predict_generated(tmp_path, config):
     assert stages.history_len == history_len(model) and stages.hidden == model.cfg.hidden
     order = stream_order(table)
     ref = train.predict(model, table, order, stats)["probs"]
-    got = _runtime_probs(stages, table, order, stats)
+    got = replay_table(stages, table, order)["probs"]
     assert np.abs(got - ref).max() <= 1e-4
 
 
 @pytest.mark.requires_data
-@pytest.mark.skipif(not HAVE_DATA, reason=f"real data not found at {SHARED_DATA}")
+@pytest.mark.slow
 def test_runtime_matches_predict_real(tmp_path):
     """A RAVDESS actor stream (audio + visual + neutral text) and MELD dialogues (text only) with
     a freshly initialised full-size student: the real feature ranges, not tiny random ones."""
@@ -211,5 +187,5 @@ def test_runtime_matches_predict_real(tmp_path):
     stages = Stages(_export(model, stats, tmp_path), backend="onnxruntime", precision="fp32")
     order = stream_order(table, shuffle_groups={int(rav.group.min())}, seed=0)
     ref = train.predict(model, table, order, stats)["probs"]
-    got = _runtime_probs(stages, table, order, stats)
+    got = replay_table(stages, table, order)["probs"]
     assert np.abs(got - ref).max() <= 1e-4

@@ -1,9 +1,11 @@
 """Turn corpora into `UtteranceTable`s with the device's own feature front-ends, cached on disk.
 
-Audio goes through `features.audio.utterance_features` and `features.voice.VoiceEncoder`,
-text through `features.text.TextEncoder` (the ONNX encoder the bundle ships), visual action
-units are read as they are. Extraction of RAVDESS takes ~1 min on 2 cores; the result is cached
-under `MLSAN_CACHE` (default ~/.cache/mlsan_edge) keyed by the file list and encoder hashes.
+Audio is cut by `features.vad` and goes through `features.audio.utterance_features` and
+`features.voice.VoiceEncoder`, text through `features.text.TextEncoder`: the ONNX models of the
+bundle the caller names (`training_job.encoder_paths`), so training computes what a device
+running that bundle computes. Visual action units are read as they are. Extraction of RAVDESS
+takes ~1 min on 2 cores; the result is cached under `MLSAN_CACHE` (default ~/.cache/mlsan_edge)
+keyed by the file list and the hashes of the encoders and VAD.
 """
 
 from __future__ import annotations
@@ -27,20 +29,20 @@ def file_sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def _audio_and_voice(path: str, voice_path: str | None) -> tuple[np.ndarray, np.ndarray]:
+def _audio_and_voice(path: str, voice_path: str | None, vad_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Features of the speech in a clip as the device cuts it (its VAD), not of the whole file:
     RAVDESS clips hold ~1 s of silence around the sentence, which the device never sees."""
     from mlsan_edge.features.vad import SileroVAD, speech_span
 
-    if not _VAD:
-        _VAD.append(SileroVAD())
-    wav = speech_span(load_audio(path), vad=_VAD[0])
+    if vad_path not in _VAD:
+        _VAD[vad_path] = SileroVAD(vad_path)
+    wav = speech_span(load_audio(path), vad=_VAD[vad_path])
     enc = _worker_voice(voice_path)
     return utterance_features(wav), enc.embed(wav)
 
 
 _VOICE = {}  # one encoder per worker process
-_VAD = []  # and one VAD
+_VAD = {}  # and one VAD
 
 
 def _worker_voice(path):
@@ -53,31 +55,38 @@ def _worker_voice(path):
 
 def ravdess_table(root: str | Path, text_encoder: Path | None, voice_encoder: Path | None = None,
                   actors: list[int] | None = None, use_text: bool = True, workers: int = 2,
-                  cache_dir: Path | None = None, progress: bool = True) -> UtteranceTable:
-    """Features of every RAVDESS clip under `root` (streams grouped by actor, in file order)."""
+                  cache_dir: Path | None = None, progress: bool = True, vad: Path | None = None) -> UtteranceTable:
+    """Features of every RAVDESS clip under `root` (streams grouped by actor, in file order).
+
+    Args:
+        text_encoder, voice_encoder, vad: a bundle's model files (`bundle.path(role)`); None
+            means the default bundle's.
+    """
+    from mlsan_edge.features.assets import default_asset
+
     clips = load_ravdess(root, actors)
+    vad = Path(vad) if vad is not None else default_asset("vad")
     key = cache_key("ravdess", [str(c.path) for c in clips], use_text,
-                    text_encoder and file_sha(text_encoder), voice_encoder and file_sha(voice_encoder))
+                    text_encoder and file_sha(text_encoder), voice_encoder and file_sha(voice_encoder),
+                    file_sha(vad))
     cache = (cache_dir or default_cache_dir()) / f"ravdess_{key}.npz"
     if cache.exists():
         return UtteranceTable.load(cache)
-    t = _ravdess_features(clips, text_encoder, voice_encoder, use_text, workers, progress)
+    t = _ravdess_features(clips, text_encoder, voice_encoder, use_text, workers, progress, vad)
     t.check()
     cache.parent.mkdir(parents=True, exist_ok=True)
     t.save(cache)
     return t
 
 
-def _ravdess_features(clips: list[RavdessClip], text_encoder, voice_encoder, use_text, workers, progress):
-    from tqdm import tqdm
-
+def _ravdess_features(clips: list[RavdessClip], text_encoder, voice_encoder, use_text, workers, progress, vad=None):
     n = len(clips)
     d = empty_table("ravdess", n, AUDIO_DIM)
     vpath = str(voice_encoder) if voice_encoder else None
     paths = [str(c.path) for c in clips]
     with ProcessPoolExecutor(workers) as ex:
-        results = list(tqdm(ex.map(_audio_and_voice, paths, [vpath] * n, chunksize=8), total=n,
-                            desc="RAVDESS audio features", disable=not progress))
+        jobs = ex.map(_audio_and_voice, paths, [vpath] * n, [vad and str(vad)] * n, chunksize=8)
+        results = list(_progress(jobs, progress, "RAVDESS audio features", total=n))
     for i, (a, v) in enumerate(results):
         d["audio"][i], d["voice"][i] = a, v
     d["mask_audio"][:] = d["mask_voice"][:] = True
@@ -131,7 +140,13 @@ def meld_table(root: str | Path, split: str, text_encoder: Path | None, cache_di
     return t
 
 
-def _progress(it, enabled, desc):
-    from tqdm import tqdm
-
-    return tqdm(it, desc=desc, disable=not enabled)
+def _progress(it, enabled, desc, total=None):
+    """`it` with a tqdm bar when enabled and tqdm is installed (the [train] extra; `mlsan-edge demo`
+    runs without it), else `it` itself."""
+    if not enabled:
+        return it
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return it
+    return tqdm(it, desc=desc, total=total)

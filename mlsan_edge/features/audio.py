@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlsan_edge.config import HOP_LENGTH, N_FFT, N_MELS, N_MFCC, SAMPLE_RATE, WIN_LENGTH
+from mlsan_edge.config import (AUDIO_DIM, HOP_LENGTH, N_FFT, N_MELS, N_MFCC, N_STAT_EXTRA,  # noqa: F401
+                               SAMPLE_RATE, WIN_LENGTH)
 from mlsan_edge.features.mel import mel_filterbank, power_spectrogram
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,7 @@ def _decode_with_av(path: Path) -> tuple[np.ndarray, int]:
 # --- the emotion front-end ------------------------------------------------------------------
 ACTIVE_DB = 40.0  # frames more than 40 dB below the loudest frame are treated as silence
 F0_MIN, F0_MAX = 60.0, 500.0  # Hz, search range of the pitch tracker
-N_STAT_EXTRA = 5 + 8 + 6  # energy, spectral shape, pitch summaries (see utterance_features)
-AUDIO_DIM = 2 * N_MFCC + N_MFCC + 2 * N_MELS + N_STAT_EXTRA  # 207
+# N_STAT_EXTRA = 5 + 8 + 6 (energy, spectral shape, pitch summaries) and AUDIO_DIM = 207 live in config.py
 
 
 def _power(wav: np.ndarray) -> np.ndarray:

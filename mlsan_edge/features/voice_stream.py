@@ -89,7 +89,8 @@ class StreamingVoiceEmbedder:
                     embeds[i] = e
             self.reused += len(parts) - len(todo)
             self.computed += len(todo)
-            mean = np.mean(np.stack(embeds), axis=0)
-            return (mean / np.linalg.norm(mean)).astype(np.float32)
+            mean = np.mean(np.stack(embeds), axis=0, keepdims=True)  # (1, 256)
+            # normalised as VoiceEncoder.embed_batch does, so that nothing reused is bit-exact
+            return (mean / np.linalg.norm(mean, axis=1, keepdims=True))[0].astype(np.float32)
         finally:
             self._head, self._cached = None, {}
