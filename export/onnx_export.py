@@ -1,6 +1,6 @@
 """Export ML-SAN's per-utterance stage graphs to ONNX, simplify them and check them against torch.
 
-    python -m export.onnx_export --checkpoint runs/student --out /tmp/graphs
+    python -m mlsan_edge.export.onnx_export --checkpoint runs/student --out /tmp/graphs
 
 Each graph of `mlsan_edge.model.stages` (speaker, stage1, stage2, stage3) becomes one ONNX file:
 opset 17, the TorchScript exporter (`dynamo=False`: the graphs are small and static, and its

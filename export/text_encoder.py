@@ -1,6 +1,6 @@
 """Export all-MiniLM-L6-v2 to ONNX with pooling inside, and ship its INT8 copy (torch; run once).
 
-    python -m export.text_encoder --out /tmp/text_export   # fp32 + quantisation attempts there
+    python -m mlsan_edge.export.text_encoder --out /tmp/text_export   # fp32 + quantisation attempts there
 
 The graph takes `input_ids`, `attention_mask` (B, T) int64 and returns `embeddings` (B, 384):
 the BERT's last hidden states mean-pooled over the attention mask and L2-normalised, which is

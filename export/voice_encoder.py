@@ -1,6 +1,6 @@
 """Export resemblyzer's GE2E speaker encoder to ONNX (torch; run once, not on the device).
 
-    python -m export.voice_encoder --out build/encoders/voice_encoder.onnx
+    python -m mlsan_edge.export.voice_encoder --out build/encoders/voice_encoder.onnx
 
 The network is rebuilt here rather than imported (`import resemblyzer` fails with current
 setuptools because of webrtcvad), and the weights come straight from the wheel's `pretrained.pt`

@@ -17,7 +17,6 @@ from mlsan_edge.bundle import load_bundle, sha256_file
 from mlsan_edge.bundle_writer import BundleWriter
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
-skip_without_tensorrt = pytest.mark.skipif(not HAVE_TENSORRT, reason="TensorRT not installed (Jetson / NVIDIA GPU only)")
 
 AUDIO, TEXT, CLASSES = 16, 8, 7
 
@@ -328,7 +327,8 @@ def test_buffers_reject_unsupported_dtypes():
 
 # --- real TensorRT (Jetson / NVIDIA GPU) ----------------------------------------------------
 @pytest.mark.requires_tensorrt
-@skip_without_tensorrt
+@pytest.mark.requires_tensorrt
+@pytest.mark.requires_cuda
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_backend_matches_onnxruntime(tmp_path, precision):
     from mlsan_edge.backends.tensorrt_build import build_engine

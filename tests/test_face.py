@@ -95,6 +95,7 @@ def _clip_frames(n=12, step=8):
     return out
 
 
+@pytest.mark.requires_data
 def test_haar_finds_the_face_on_a_real_clip():
     from mlsan_edge.runtime.face_tracking import FaceAnalyzer
 
@@ -104,6 +105,7 @@ def test_haar_finds_the_face_on_a_real_clip():
     assert len({o.track for r in res for o in r.faces}) == 1  # one track throughout
 
 
+@pytest.mark.requires_data
 @pytest.mark.skipif(not HAVE_LITERT, reason="no TFLite interpreter (pip install ai-edge-litert)")
 def test_face_mesh_landmarks_on_a_real_clip():
     from mlsan_edge.runtime.face_tracking import FaceAnalyzer

@@ -210,6 +210,7 @@ def _bundle_with_stages():
 
 
 @pytest.mark.slow
+@pytest.mark.requires_data
 def test_end_to_end_cremad_clip():
     if not CLIP.exists():
         pytest.skip(f"{CLIP} not found")
@@ -243,6 +244,7 @@ def test_speaker_scoring_choice_is_checked_and_a_missing_scorer_is_explained(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.requires_data
 def test_end_to_end_grid_six_speakers_with_the_default_speaker_matching():
     """The six-speaker GRID clip through load_runtime (the bundle's voice scorer): every utterance,
     every speaker kept apart, the recurring ones recognised, the face used."""

@@ -35,7 +35,7 @@ SENTENCES = [
 @pytest.fixture(scope="module")
 def encoder() -> TextEncoder:
     if not (DEFAULT_ONNX.exists() and DEFAULT_TOKENIZER.exists()):
-        pytest.skip(f"{DEFAULT_ONNX.parent} lacks the text encoder: run python -m export.text_encoder")
+        pytest.skip(f"{DEFAULT_ONNX.parent} lacks the text encoder: run python -m mlsan_edge.export.text_encoder")
     return TextEncoder()
 
 

