@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mlsan_edge.bench.stats import STAT_KEYS, summarize, time_calls
 
-FIXTURE_DIR = "tests/fixtures"
+FIXTURE_DIR = str(Path(__file__).resolve().parent / "fixtures")
 
 
 def test_summarize_matches_numpy_percentiles():
@@ -130,3 +131,14 @@ def test_import_is_light():
     code = "import sys, mlsan_edge.bench, mlsan_edge.bench.cli; print('torch' in sys.modules, 'onnxruntime' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_add_parser_registers_bench_subcommand():
+    import argparse
+
+    from mlsan_edge.bench.cli import add_parser, run
+
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers(dest="command"))
+    a = p.parse_args(["bench", "--quick", "--json", "b.json", "--threads", "2", "--skip", "naive,e2e"])
+    assert a.func is run and a.quick and a.threads == 2 and a.skip == "naive,e2e"
