@@ -92,25 +92,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "assets" / "sample" / "ravdess_mini"
-
-
-def cmd_demo(a: argparse.Namespace) -> int:
-    """Until the live demo lands: the default bundle on the embedded RAVDESS sample, clip by clip."""
-    from mlsan_edge.data.ravdess import load_ravdess
-    from mlsan_edge.evaluate import evaluate
-
-    res = evaluate(a.bundle, "ravdess", SAMPLE_DIR, stream=True, json_out=a.json, details=True, progress=False)
-    clips = load_ravdess(SAMPLE_DIR)
-    print(f"{'clip':28s} {'true':9s} {'predicted':9s}  p     trust text/audio/visual")
-    for row in res["predictions"]:
-        c = clips[row["row"]]
-        t = row["trust"]
-        print(f"{c.path.name:28s} {c.emotion:9s} {row['emotion']:9s} {row['p']:.2f}  "
-              f"{t['text']:.2f}/{t['audio']:.2f}/{t['visual']:.2f}")
-    print(f"accuracy {res['accuracy']:.1f}% on {res['n']} clips of an actor the default model was trained on "
-          f"(a smoke test, not a measurement: see README for speaker-disjoint figures)")
-    return 0
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "assets" / "sample" / "ravdess_mini"  # RAVDESS clips (tests, bench)
 
 
 def cmd_build_engine(a: argparse.Namespace) -> int:
@@ -267,15 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --student: leave the teacher's ONNX graphs out (its torch weights stay)")
     x.set_defaults(func=cmd_export)
 
-    d = sub.add_parser("demo", help="run the default bundle on the embedded sample clips",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    d.add_argument("--bundle", default="default")
-    d.add_argument("--json", default=None, help="also write the metrics and per-clip predictions here")
-    d.set_defaults(func=cmd_demo)
+    from mlsan_edge.cli.doctor import add_parser as add_doctor_parser
+    from mlsan_edge.demo.cli import add_parser as add_demo_parser  # the live demo (demo/; no torch)
+
+    add_demo_parser(sub)
+    add_doctor_parser(sub)
 
     from mlsan_edge.cli.device import add_parsers as add_runtime_parsers  # run, speakers (no torch)
 
     add_runtime_parsers(sub)
+
+    from mlsan_edge.bench.cli import add_parser as add_bench_parser  # latency (imports its tools lazily)
+
+    add_bench_parser(sub)
 
     b = sub.add_parser("build-engine", help="build (and verify) TensorRT engines for a bundle on this device "
                        "(Jetson; minutes; needs TensorRT, not torch)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
