@@ -54,3 +54,29 @@ def test_only_small_speakers_keep_voices():
     assert len(idx._exemplars[7]) == MAX_EXEMPLARS
     idx.merged(7, 8, MAX_EXEMPLARS + 5)
     assert 7 not in idx._exemplars  # too big to be absorbed any more: its voices are dropped
+
+
+def test_refresh_of_one_speaker_equals_a_rebuild():
+    """identify() follows a known speaker's moved centroid with refresh (O(D)); it must leave the
+    index exactly as rebuilding after each change would (the scorer's centre stays put while the
+    set of speakers is unchanged), with the scorer and with plain cosine."""
+    from mlsan_edge.features.voice_scorer import VoiceScorer
+
+    rng = np.random.default_rng(0)
+    scorer = VoiceScorer.fit(rng.normal(size=(40, D)), np.repeat(np.arange(4), 10))
+    for sc in (None, scorer):
+        profs = profiles(s1=[unit(1, 0)], s2=[unit(0, 1)], s3=[unit(1, 1)])
+        inc, full = VoiceIndex(sc, D), VoiceIndex(sc, D)
+        inc.rebuild(profs)
+        full.rebuild(profs)
+        for v in (unit(0.2, 1), unit(0.1, 1, 0.3), unit(0, 1, -0.2)):
+            profs[2].update({}, voice=v)
+            assert inc.refresh(2, profs[2])
+            full.rebuild(profs)
+        np.testing.assert_array_equal(inc.ids, full.ids)
+        np.testing.assert_allclose(inc._proj, full._proj, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(inc._mu, full._mu, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(inc._sd, full._sd, rtol=1e-6, atol=1e-7)
+        q = unit(0.15, 1, 0.1)
+        assert inc.nearest(q) == full.nearest(q)
+        assert not inc.refresh(9, profs[2])  # unknown speaker: the caller rebuilds

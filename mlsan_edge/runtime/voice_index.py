@@ -60,6 +60,23 @@ class VoiceIndex:
         self._exemplars = {sid: ex for sid, ex in self._exemplars.items()
                            if sid in profiles and profiles[sid].voice_count <= MAX_EXEMPLARS}
 
+    def refresh(self, sid: int, profile: SpeakerProfile) -> bool:
+        """Follow one known speaker's changed profile in O(D), as `rebuild` would (the set of
+        speakers, hence the scorer's centre, is unchanged). False when `sid` has no row yet, or
+        no centroid: then `rebuild`."""
+        rows = np.flatnonzero(self.ids == sid)
+        c = profile.voice_centroid()
+        if not rows.size or c is None:
+            return False
+        row = int(rows[0])
+        if not np.array_equal(self._prep[sid][0], c):
+            proj, mu, sd = self.prepare(c[None])
+            self._prep[sid] = (c, proj[0], float(mu[0]), float(sd[0]))
+            self._proj[row], self._mu[row], self._sd[row] = proj[0], mu[0], sd[0]
+        if profile.voice_count > MAX_EXEMPLARS:
+            self._exemplars.pop(sid, None)
+        return True
+
     def prepare(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What scoring needs of (n, D) unit embeddings: the scorer's projection and cohort
         statistics, or for plain cosine the vectors themselves (mean 0, std 1)."""
