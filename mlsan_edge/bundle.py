@@ -155,6 +155,18 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Manifest":
         """Validate and parse a manifest dict; raises BundleError naming the offending field."""
+        try:
+            return cls._from_dict(d)
+        except BundleError:
+            raise
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError, OverflowError) as e:
+            # a field of the wrong JSON type (null, a list where an object belongs...): found by
+            # fuzzing (tests/test_fuzz.py); still one BundleError, never a bare TypeError
+            raise BundleError(f"manifest is malformed ({type(e).__name__}: {e}); the bundle is corrupted or "
+                              "hand-edited: re-export or re-copy it") from e
+
+    @classmethod
+    def _from_dict(cls, d: Mapping[str, Any]) -> "Manifest":
         if not isinstance(d, Mapping):
             raise BundleError(f"manifest must be a JSON object, got {type(d).__name__}")
         _require(d, ("schema_version",), "manifest")

@@ -30,18 +30,30 @@ def add_parsers(sub) -> None:
                    help="match score at which a voice is a known speaker (default: the tuned value of the "
                         "chosen scoring; higher splits more, lower merges more)")
     r.add_argument("--no-face", action="store_true", help="ignore the video's faces")
+    _add_cache_options(r)
     r.set_defaults(func=run_command)
 
-    s = sub.add_parser("speakers", help="list, enroll, rename, merge or forget speakers in a cache", formatter_class=fmt)
-    s.add_argument("action", choices=["list", "enroll", "rename", "merge", "forget"])
-    s.add_argument("ids", nargs="*", help="rename: ID NEW_NAME; merge: KEEP ABSORB; forget: ID (ids or names)")
+    s = sub.add_parser("speakers", help="list, enroll, rename, merge, forget, export or import speakers in a cache",
+                       formatter_class=fmt)
+    s.add_argument("action", choices=["list", "enroll", "rename", "merge", "forget", "export", "import"])
+    s.add_argument("ids", nargs="*", help="rename: ID NEW_NAME; merge: KEEP ABSORB; forget: ID (ids or names); "
+                   "export: OUT.json; import: IN.json")
     s.add_argument("--cache", required=True, help="speaker cache file")
     s.add_argument("--name", default=None, help="enroll: the speaker's name")
     s.add_argument("--audio", default=None, help="enroll: a few seconds of their speech (wav/flac/mp4)")
     s.add_argument("--bundle", default="default",
                    help="enroll: the bundle whose voice encoder and VAD embed the speech (use the one you `run`)")
     s.add_argument("--json", action="store_true", help="print JSON")
+    _add_cache_options(s)
     s.set_defaults(func=speakers_command)
+
+
+def _add_cache_options(p) -> None:
+    p.add_argument("--retention-days", type=float, default=None,
+                   help="forget speakers not seen for this many days (default: keep them)")
+    p.add_argument("--key-file", default=None,
+                   help="encrypt the cache's profiles with the key in this file (needs the [secure] extra; "
+                        "default: $MLSAN_CACHE_KEY or $MLSAN_CACHE_KEY_FILE when set, else not encrypted)")
 
 
 def run_command(a: argparse.Namespace) -> int:
@@ -50,7 +62,8 @@ def run_command(a: argparse.Namespace) -> int:
 
     config = RuntimeConfig(on_camera_failure=a.on_camera_failure, budget_policy=a.budget_policy,
                            face="none" if a.no_face else "auto", speaker_threshold=a.speaker_threshold,
-                           speaker_scoring=a.speaker_scoring)
+                           speaker_scoring=a.speaker_scoring, speaker_retention_days=a.retention_days,
+                           cache_key_file=a.key_file)
     text = TextSource.from_file(a.text_from)
     out = sys.stdout if a.events == "-" else open(a.events, "w", encoding="utf-8")
     n = 0
@@ -82,12 +95,13 @@ def run_command(a: argparse.Namespace) -> int:
     return 0
 
 
-def _open_cache(path: str):
+def _open_cache(path: str, retention_days: float | None = None, key_file: str | None = None):
     from mlsan_edge.config import TEXT_DIM, VISUAL_DIM
     from mlsan_edge.features.audio import AUDIO_DIM
     from mlsan_edge.runtime.speakers import SpeakerCache
 
-    return SpeakerCache(path, dims={"audio": AUDIO_DIM, "visual": VISUAL_DIM, "text": TEXT_DIM})
+    return SpeakerCache(path, dims={"audio": AUDIO_DIM, "visual": VISUAL_DIM, "text": TEXT_DIM},
+                        retention_days=retention_days, key_file=key_file)
 
 
 def enrollment_embeddings(path: str | Path, voice=None, bundle="default"):
@@ -112,11 +126,15 @@ def enrollment_embeddings(path: str | Path, voice=None, bundle="default"):
 
 
 def speakers_command(a: argparse.Namespace) -> int:
-    need = {"rename": 2, "merge": 2, "forget": 1, "list": 0, "enroll": 0}[a.action]
+    need = {"rename": 2, "merge": 2, "forget": 1, "list": 0, "enroll": 0, "export": 1, "import": 1}[a.action]
     if len(a.ids) != need:
         raise ValueError(f"speakers {a.action} takes {need} positional argument(s), got {len(a.ids)}: "
-                         "rename ID NEW_NAME | merge KEEP ABSORB | forget ID")
-    with _open_cache(a.cache) as cache:
+                         "rename ID NEW_NAME | merge KEEP ABSORB | forget ID | export OUT.json | import IN.json")
+    if a.action == "enroll":  # the speech is checked before the cache is touched
+        if not a.name or not a.audio:
+            raise ValueError("speakers enroll needs --name NAME and --audio FILE")
+        embeddings = enrollment_embeddings(a.audio, bundle=a.bundle)
+    with _open_cache(a.cache, a.retention_days, a.key_file) as cache:
         if a.action == "list":
             rows = [s.to_dict() for s in cache.list()]
             if a.json:
@@ -126,10 +144,12 @@ def speakers_command(a: argparse.Namespace) -> int:
                     print(f"{r['id']:5d}  {r['name'] or '-':20s} {r['utterances']:5d} utterances")
             return 0
         if a.action == "enroll":
-            if not a.name or not a.audio:
-                raise ValueError("speakers enroll needs --name NAME and --audio FILE")
-            sid = cache.enroll(a.name, enrollment_embeddings(a.audio, bundle=a.bundle))
-            result = {"id": sid, "name": a.name}
+            result = {"id": cache.enroll(a.name, embeddings), "name": a.name}
+        elif a.action == "export":
+            cache.export(a.ids[0])
+            result = {"exported": len(cache), "to": a.ids[0]}
+        elif a.action == "import":
+            result = {"imported": len(cache.import_(a.ids[0])), "from": a.ids[0]}
         elif a.action == "rename":
             cache.rename(a.ids[0], a.ids[1])
             result = {"id": cache.resolve(a.ids[1]), "name": a.ids[1]}

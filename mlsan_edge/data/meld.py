@@ -63,12 +63,24 @@ def load_meld(root: str | Path, split: str = "train") -> list[list[MeldUtterance
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise DataError(f"{path} lacks the columns {missing}; expected MELD's {', '.join(REQUIRED_COLUMNS)}")
-        for row in reader:
+        try:
+            rows = list(reader)
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise DataError(f"{path} is not a UTF-8 CSV file ({e}); expected MELD's {split}_sent_emo.csv") from e
+        for line, row in enumerate(rows, start=2):
+            if any(row.get(c) is None for c in REQUIRED_COLUMNS):  # a short row: csv fills None
+                raise DataError(f"{path}: line {line} has fewer fields than the header; expected "
+                                f"{', '.join(REQUIRED_COLUMNS)}")
             emo = row["Emotion"].strip().lower()
             if emo not in EMOTIONS:
                 raise DataError(f"{path}: unknown emotion {emo!r} in row {row.get('Sr No.', '?')}; "
                                 f"expected one of {', '.join(EMOTIONS)}")
-            u = MeldUtterance(dialogue=int(row["Dialogue_ID"]), index=int(row["Utterance_ID"]),
+            try:
+                dialogue, index = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
+            except ValueError as e:
+                raise DataError(f"{path}: line {line}: Dialogue_ID and Utterance_ID must be integers, got "
+                                f"{row['Dialogue_ID']!r}, {row['Utterance_ID']!r}") from e
+            u = MeldUtterance(dialogue=dialogue, index=index,
                               speaker=row["Speaker"].strip(), text=clean_text(row["Utterance"]), emotion=emo)
             dialogues.setdefault(u.dialogue, []).append(u)
     if not dialogues:

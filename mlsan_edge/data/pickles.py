@@ -116,8 +116,9 @@ def read_pickle(path: str | Path, trusted: bool = False):
             return RestrictedUnpickler(f, encoding="latin1").load()
         except pickle.UnpicklingError:
             raise
-        except (EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-            raise DataError(f"{path} is not a readable feature pickle: {e}") from e
+        except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError,
+                MemoryError, RecursionError) as e:  # a length field of 2**63 (found by tests/test_fuzz.py)
+            raise DataError(f"{path} is not a readable feature pickle: {type(e).__name__}: {e}") from e
 
 
 def load_feature_pickle(path: str | Path, split: str = "train", label_names: list[str] | None = None,

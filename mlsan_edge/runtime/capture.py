@@ -25,6 +25,7 @@ from mlsan_edge.runtime.source_base import CHUNK_SAMPLES, AudioChunk, Frame, Sou
 log = logging.getLogger(__name__)
 
 RING_SECONDS = 4.0  # microphone ring buffer; a consumer that falls further behind loses audio
+LOST_AFTER_S = 2.0  # a camera whose grabs fail this long is lost (read() raises; the stream reconnects)
 
 
 def _import_sounddevice():
@@ -223,20 +224,30 @@ class CameraSource(Source):
         self._seq = 0  # frames captured
         self._seen = 0  # seq of the last frame returned by read()
         self.failed_grabs = 0
+        self._lost: str | None = None  # why the camera stopped delivering (unplugged...), once it has
         self._thread = threading.Thread(target=self._loop, name=f"capture:{uri}", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
+        failing_since = None  # monotonic time of the first failed grab in a row
         try:
             while not self.eos:
                 ok, image = self._cap.read()
-                t = time.monotonic() - self._t0
+                now = time.monotonic()
+                t = now - self._t0
                 if not ok:
                     self.failed_grabs += 1
                     if self.failed_grabs % 30 == 1:
                         log.warning("%s: frame grab failed (%d so far)", self.uri, self.failed_grabs)
+                    failing_since = failing_since or now
+                    if now - failing_since >= LOST_AFTER_S:  # unplugged, or the driver gave up
+                        with self._cond:
+                            self._lost = f"no frame for {now - failing_since:.1f} s (unplugged?)"
+                            self._cond.notify_all()
+                        return
                     time.sleep(0.01)
                     continue
+                failing_since = None
                 with self._cond:
                     self._latest, self._seq = Frame(t, image), self._seq + 1
                     self._cond.notify_all()
@@ -246,8 +257,10 @@ class CameraSource(Source):
     def read(self, timeout: float | None = 1.0) -> Frame | None:
         """The newest frame not returned before, or None when none arrives within `timeout` s."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._seq > self._seen or self.eos, timeout):
+            if not self._cond.wait_for(lambda: self._seq > self._seen or self.eos or self._lost, timeout):
                 return None
+            if self._lost and not self.eos:
+                raise SourceError(f"camera {self.uri!r} lost: {self._lost}")
             if self.eos or self._seq == self._seen:
                 return None
             self._seen = self._seq

@@ -37,12 +37,16 @@ class RuntimeConfig:
     # cosine), or "auto": the scorer when the bundle has one, else cosine
     speaker_scoring: str = "auto"
     speaker_threshold: float | None = None  # match score for "same speaker"; None: the tuned default
+    speaker_retention_days: float | None = None  # forget speakers not seen for this long (None: keep)
+    cache_key_file: str | None = None  # encrypt the speaker cache with this file's key (speaker_crypto.py;
+    #                                    None: $MLSAN_CACHE_KEY / $MLSAN_CACHE_KEY_FILE when set)
     audio_queue: int = 512  # 512-sample chunks between capture and VAD (16 s)
     utterance_queue: int = 8  # utterances waiting for the model
     event_queue: int = 64  # events waiting for the caller
     video_wait_live_s: float = 0.2  # live: how long to wait for frames up to the utterance's end
     video_wait_file_s: float = 30.0  # files: the frame reader may lag the (much faster) audio path
     feature_threads: int = 2  # voice tail and audio features run in parallel after the end
+    camera_retry_max_s: float = 10.0  # a lost camera is reopened with backoff 0.5, 1, 2, ... up to this (s)
 
     def __post_init__(self) -> None:
         if self.on_camera_failure not in CAMERA_POLICIES:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -55,6 +55,32 @@ class Event:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Event":
+        """The event of a `to_dict()`/`to_json()` record (ValueError naming the first bad field)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"an event is a JSON object, got {type(d).__name__}")
+        out = {}
+        for f in fields(cls):
+            if f.name not in d:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise ValueError(f"event lacks the field {f.name!r}")
+                continue
+            out[f.name] = v = d[f.name]
+            kind = _FIELD_TYPES.get(f.name)
+            if kind is not None and not (v is None and f.name in _MAY_BE_NONE) and not _is(v, kind):
+                raise ValueError(f"event field {f.name!r} must be {kind}, got {v!r:.80}")
+        return cls(**out)
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> "Event":
+        """The event of one line written by `to_json()` (ValueError when it is not one)."""
+        try:
+            d = json.loads(line)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ValueError(f"not an event JSON line: {e}") from e
+        return cls.from_dict(d)
+
     def to_json(self) -> str:
         """One line of JSON (floats rounded: ms to 0.01, probabilities to 1e-4)."""
         d = self.to_dict()
@@ -65,3 +91,24 @@ class Event:
         d["trust"] = {k: round(float(v), 4) for k, v in self.trust.items()}
         d["timings_ms"] = {k: round(float(v), 2) for k, v in self.timings_ms.items()}
         return json.dumps(d, separators=(",", ":"))
+
+
+_MAY_BE_NONE = ("speaker_id", "speaker_name", "speaker_similarity", "text")
+# what from_dict accepts per field
+_FIELD_TYPES = {"start_s": "number", "end_s": "number", "speaker_id": "int", "speaker_name": "str",
+                "speaker_similarity": "number", "emotion": "str", "probs": "dict[str, number]",
+                "trust": "dict[str, number]", "modalities": "list[str]", "timings_ms": "dict[str, number]",
+                "over_budget": "list[str]", "face_used": "bool", "new_speaker": "bool", "face": "dict",
+                "degraded": "list[str]", "dropped": "dict[str, int]", "text": "str"}
+
+
+def _is(v, kind: str) -> bool:
+    num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+    return {
+        "number": lambda: num(v), "int": lambda: isinstance(v, int) and not isinstance(v, bool),
+        "str": lambda: isinstance(v, str), "bool": lambda: isinstance(v, bool), "dict": lambda: isinstance(v, dict),
+        "list[str]": lambda: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "dict[str, number]": lambda: isinstance(v, dict) and all(num(x) for x in v.values()),
+        "dict[str, int]": lambda: isinstance(v, dict) and all(isinstance(x, int) and not isinstance(x, bool)
+                                                              for x in v.values()),
+    }[kind]()

@@ -283,11 +283,13 @@ class FaceBuffer:
         self._frames: deque[FrameFaces] = deque(maxlen=max(8, int(seconds * fps)))
         self._lock = threading.Lock()
         self.latest_t = -np.inf
+        self.last: FrameFaces | None = None  # the frame added last
 
     def add(self, f: FrameFaces) -> None:
         with self._lock:
             self._frames.append(f)
             self.latest_t = max(self.latest_t, f.t)
+            self.last = f
 
     def window(self, start_s: float, end_s: float) -> list[FrameFaces]:
         with self._lock:

@@ -56,7 +56,8 @@ def load_runtime(bundle: str = "default", backend: str = "auto", cache=None,
             log.warning("bundle %s has no voice scorer: matching speakers by plain cosine (more splits on "
                         "emotional speech); re-export it with this version", stages.bundle.root)
         cache = SpeakerCache(":memory:" if cache is None else cache, threshold=config.speaker_threshold, dims=dims,
-                             voice_dim=VOICE_DIM, scorer=scorer)
+                             voice_dim=VOICE_DIM, scorer=scorer, retention_days=config.speaker_retention_days,
+                             key_file=config.cache_key_file)
     return Runtime(stages, cache, config, voice=VoiceEncoder(voice_onnx, num_threads=1),
                    text_encoder=lambda: TextEncoder(text_onnx, tokenizer, num_threads=1),  # built on first text
                    vad_model=vad_onnx)

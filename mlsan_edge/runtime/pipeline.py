@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -48,6 +48,7 @@ class Job:
     embed_ms: float = 0.0  # embedding work left after the end (set by whoever finishes it)
     text: str | None = None  # what was said, when the caller knows
     exclude_wait: bool = False  # recorded video: waiting for frames is not counted as processing
+    notes: list[str] = field(default_factory=list)  # what was repaired in its audio (-> Event.degraded)
 
 
 class Conversation:
@@ -158,7 +159,7 @@ class Pipeline:
             dropped: what the caller's queues dropped so far (copied into the event).
         """
         tm: dict[str, float] = {"vad": job.vad_ms}
-        degraded: list[str] = sorted(conv.degraded)
+        degraded: list[str] = sorted(conv.degraded) + list(job.notes)
         clock = time.perf_counter
 
         # voice tail and audio features in parallel (onnxruntime and numpy FFTs release the GIL)
@@ -236,7 +237,7 @@ class Pipeline:
                     tm["face_wait"] = wait_ms
                 res = visual_features(frames, job.audio, job.start_s, sid, self.baselines)
                 a = res.attribution
-                face_info = {"faces": a.n_faces, "method": a.method, "frames": res.frames,
+                face_info = {"faces": a.n_faces, "method": a.method, "track": a.track, "frames": res.frames,
                              "correlation": None if a.correlation is None else round(a.correlation, 3),
                              "analysed_frames": len(frames)}
                 if res.vector is not None:

@@ -29,6 +29,11 @@ class DropOldestQueue:
             self._q.append(item)
             self._cond.notify_all()
 
+    def __len__(self) -> int:
+        """Items waiting now (soak tests watch it stay bounded)."""
+        with self._cond:
+            return len(self._q)
+
     def close(self) -> None:
         with self._cond:
             self.closed = True

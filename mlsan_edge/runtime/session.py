@@ -100,7 +100,8 @@ class Runtime:
         return Step(self.pipeline, text, on_event)
 
     def stream(self, audio: str, video: str | None = None, text=None,
-               on_event: Callable[[Event], None] | None = None) -> Iterator[Event]:
+               on_event: Callable[[Event], None] | None = None, on_chunk=None, on_frame=None,
+               stop: threading.Event | None = None) -> Iterator[Event]:
         """Events of a live or recorded stream, one per utterance, as they are ready.
 
         Args:
@@ -109,9 +110,14 @@ class Runtime:
             text: None; a transcriber `fn(audio, start_s, end_s) -> str | None`; a list of strings
                 (one per utterance, in order); timed segments [(start_s, end_s, text)]; or a `TextSource`.
             on_event: called with each event from the processing thread.
+            on_chunk: `fn(chunk, in_speech)` for each audio chunk once the VAD took it (meters, displays).
+            on_frame: `fn(frame, faces)` for each video frame, with its `FrameFaces` when it was
+                analysed (else None): what a display draws.
+            stop: set this `threading.Event` to end the stream from another thread (e.g. a window's
+                quit key); the iterator then finishes and every source is closed.
         """
         self._check_open()
-        return LiveStream(self.pipeline, audio, video, TextSource.of(text), on_event).run()
+        return LiveStream(self.pipeline, audio, video, TextSource.of(text), on_event, on_chunk, on_frame, stop).run()
 
     def _check_open(self) -> None:
         if self._closed:

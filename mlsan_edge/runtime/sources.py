@@ -16,7 +16,8 @@ files), so an utterance's [start_s, end_s) selects the frames that belong to it.
 `read(timeout)` returns None on timeout (live sources) or at the end of a stream; `eos` tells
 which. Iterating a source yields items until the end of the stream. Sources are context managers.
 
-Query parameters: `file://x.wav?realtime=1` paces a file like a live source.
+Query parameters: `file://x.wav?realtime=1` paces a file like a live source (`&speed=3`: three times
+faster than real time, for overload tests).
 
 The shared types live in `source_base.py`; live capture in `capture.py`, imported only when a
 mic:// or camera URI is opened (one direction: this module -> capture -> source_base).
@@ -43,14 +44,17 @@ SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif"}
 
 
 class _Paced:
-    """Sleeps so that items are released no faster than their stream time (realtime=1)."""
+    """Sleeps so that items are released no faster than their stream time (realtime=1), or
+    `speed` times faster (realtime=1&speed=3: a live source three times faster than speech, an
+    overload test)."""
 
-    def __init__(self, on: bool) -> None:
-        self.on, self.t_wall0 = on, None
+    def __init__(self, on: bool, speed: float = 1.0) -> None:
+        self.on, self.t_wall0, self.speed = on, None, float(speed)
 
     def wait(self, t: float) -> None:
         if not self.on:
             return
+        t = t / self.speed
         now = time.monotonic()
         if self.t_wall0 is None:
             self.t_wall0 = now - t
@@ -67,18 +71,26 @@ class ArrayAudioSource(Source):
     """
 
     def __init__(self, blocks: Iterator[np.ndarray] | np.ndarray, uri: str = "array://",
-                 t_start: float = 0.0, realtime: bool = False, on_close=None) -> None:
+                 t_start: float = 0.0, realtime: bool | float = False, on_close=None) -> None:
         self.uri, self._on_close = uri, on_close
         self._blocks = iter([blocks]) if isinstance(blocks, np.ndarray) else iter(blocks)
         self._buf = np.zeros(0, np.float32)
         self._n = 0  # samples emitted
         self._t_start = t_start
-        self._pace = _Paced(realtime)
+        self._pace = _Paced(bool(realtime), float(realtime) or 1.0)
         self.eos = False
 
     def read(self, timeout: float | None = 1.0) -> AudioChunk | None:
         while self._buf.shape[0] < CHUNK_SAMPLES and not self.eos:
-            block = next(self._blocks, None)
+            try:
+                block = next(self._blocks, None)
+            except SourceError:
+                raise
+            except Exception as e:  # a decoder error mid-file: truncated or corrupt after its header
+                t = self._t_start + self._n / SAMPLE_RATE
+                raise SourceError(f"{_name(self.uri)}: cannot decode audio after {t:.2f} s ({e}); the file "
+                                  "is truncated or corrupt; expected a complete audio file "
+                                  "(the audio before it was processed)") from e
             if block is None:
                 if self._buf.shape[0] == 0:
                     self.close()
@@ -108,7 +120,7 @@ class FrameIterSource(Source):
     """Video from an iterator of Frame (files, synth)."""
 
     def __init__(self, frames: Iterator[Frame], uri: str, realtime: bool = False) -> None:
-        self.uri, self._frames, self._pace, self.eos = uri, frames, _Paced(realtime), False
+        self.uri, self._frames, self._pace, self.eos = uri, frames, _Paced(bool(realtime), float(realtime) or 1.0), False
 
     def read(self, timeout: float | None = 1.0) -> Frame | None:
         if self.eos:
@@ -125,6 +137,13 @@ class FrameIterSource(Source):
         close = getattr(self._frames, "close", None)
         if close is not None:
             close()
+
+
+def _realtime(q: dict, uri: str) -> float:
+    """0.0 (as fast as read), or the pace of `?realtime=1` in multiples of real time (`&speed=3`)."""
+    if q.get("realtime", "0") in ("0", "false", ""):
+        return 0.0
+    return _number(q, "speed", 1.0, 0.01, 100.0, uri)
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -156,7 +175,7 @@ def _av_audio(path: Path) -> tuple[Iterator[np.ndarray], float, object]:
     and the function that closes the file."""
     import av
 
-    container = av.open(str(path))
+    container = _open_av(path, "audio")
     if not container.streams.audio:
         container.close()
         raise SourceError(f"{path} has no audio track; expected a media file with sound "
@@ -181,9 +200,7 @@ def _av_audio(path: Path) -> tuple[Iterator[np.ndarray], float, object]:
 
 def _av_frames(path: Path) -> Iterator[Frame]:
     """BGR frames of a media file's first video track with their presentation times (s)."""
-    import av
-
-    container = av.open(str(path))
+    container = _open_av(path, "video")
     try:
         if not container.streams.video:
             raise SourceError(f"{path} has no video track; expected a video file (mp4, flv, avi...)")
@@ -197,19 +214,54 @@ def _av_frames(path: Path) -> Iterator[Frame]:
         container.close()
 
 
+def _name(uri: str) -> str:
+    """The file a file:// URI names (for messages), else the URI."""
+    split = urlsplit(uri)
+    return unquote(split.netloc + split.path) if split.scheme == "file" else uri
+
+
 def _file_path(split) -> Path:
     raw = unquote(split.netloc + split.path)
     path = Path(raw).expanduser()  # file://rel/x.wav and file:///abs/x.wav both work
     if not path.exists():
         raise SourceError(f"file not found: {path} (from {split.geturl()!r}); give file://relative/path "
                           "or file:///absolute/path")
+    if not path.is_file():
+        raise SourceError(f"{path} is not a file; expected an audio or video file")
+    if path.stat().st_size == 0:
+        raise SourceError(f"{path} is empty (0 bytes); expected an audio or video file")
     return path
+
+
+def _probe_soundfile(path: Path) -> str | None:
+    """None when soundfile can read `path`'s header and it holds samples, else why not."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # LibsndfileError (a RuntimeError), or a format soundfile does not know
+        return str(e)
+    return None if info.frames > 0 else "no samples"
+
+
+def _open_av(path: Path, what: str):
+    """`av.open(path)`, or SourceError naming the file and what was expected."""
+    import av
+
+    try:
+        return av.open(str(path))
+    except Exception as e:  # av.error.InvalidDataError (an OSError), ValueError...
+        raise SourceError(f"{path}: not a readable {what} file ({e}); expected "
+                          + ("WAV/FLAC/OGG audio or a media file (mp4, mkv, flv...) with an audio track"
+                             if what == "audio" else "a video file (mp4, mkv, avi, flv...)")) from e
 
 
 def _open_file_audio(uri: str, split, q: dict) -> Source:
     path = _file_path(split)
-    realtime = q.get("realtime", "0") not in ("0", "false", "")
-    if path.suffix.lower() in SOUNDFILE_SUFFIXES:
+    realtime = _realtime(q, uri)
+    # the header is checked here, before any thread starts, so a bad file is one clear error; a
+    # file whose suffix lies (an mp4 named .wav) still plays through PyAV below
+    if path.suffix.lower() in SOUNDFILE_SUFFIXES and _probe_soundfile(path) is None:
         return ArrayAudioSource(_soundfile_blocks(path), uri, realtime=realtime)
     blocks, t_start, closer = _av_audio(path)
     return ArrayAudioSource(blocks, uri, t_start=t_start, realtime=realtime, on_close=closer)
@@ -218,9 +270,15 @@ def _open_file_audio(uri: str, split, q: dict) -> Source:
 def _open_file_video(uri: str, split, q: dict) -> Source:
     path = _file_path(split)
     frames = _av_frames(path)
-    first = next(frames, None)  # raises here (not at the first read) when there is no video
+    try:
+        first = next(frames, None)  # raises here (not at the first read) when there is no video
+    except SourceError:
+        raise
+    except Exception as e:  # the container opened but its first frame does not decode
+        raise SourceError(f"{path}: cannot decode its first video frame ({e}); expected a video file "
+                          "(mp4, mkv, avi, flv...)") from e
     if first is None:
-        raise SourceError(f"{path} holds no video frames")
+        raise SourceError(f"{path} holds no video frames; expected a video file (mp4, mkv, avi, flv...)")
 
     def chain() -> Iterator[Frame]:
         try:
@@ -229,7 +287,7 @@ def _open_file_video(uri: str, split, q: dict) -> Source:
         finally:
             frames.close()
 
-    return FrameIterSource(chain(), uri, realtime=q.get("realtime", "0") not in ("0", "false", ""))
+    return FrameIterSource(chain(), uri, realtime=_realtime(q, uri))
 
 
 # --- synthetic ----------------------------------------------------------------------------------
@@ -269,9 +327,24 @@ def synth_frames(seconds: float = 2.0, fps: float = 10.0, width: int = 320, heig
         yield Frame(i / fps, np.stack([v, np.flipud(v), np.full_like(v, i % 256)], axis=-1))
 
 
+MAX_SYNTH_S = 3600.0  # synth:// signals are made whole in memory: an hour is 230 MB of float32
+
+
+def _number(q: dict, key: str, default: float, lo: float, hi: float, uri: str, kind=float):
+    """Query parameter `key` as a finite number in [lo, hi], or ValueError naming it."""
+    try:
+        v = kind(q.get(key, default))
+    except (TypeError, ValueError, OverflowError):
+        v = None
+    if v is None or not np.isfinite(v) or not lo <= v <= hi:
+        raise ValueError(f"{key}={q.get(key)!r} in {uri!r} must be a number in [{lo:g}, {hi:g}]")
+    return v
+
+
 def _open_synth_audio(uri: str, split, q: dict) -> Source:
-    kind, seconds = split.netloc or split.path.strip("/"), float(q.get("seconds", 5.0))
-    seed, level = int(q.get("seed", 0)), float(q.get("level", 0.1))
+    kind = split.netloc or split.path.strip("/")
+    seconds = _number(q, "seconds", 5.0, 0.0, MAX_SYNTH_S, uri)
+    seed, level = _number(q, "seed", 0, 0, 2 ** 32 - 1, uri, int), _number(q, "level", 0.1, 0.0, 1.0, uri)
     if kind == "tones":
         wav, truth = synth_tones(seconds, seed, level)
     elif kind == "silence":
@@ -282,7 +355,7 @@ def _open_synth_audio(uri: str, split, q: dict) -> Source:
     else:
         raise ValueError(f"unknown synthetic audio {kind!r} in {uri!r}; valid: synth://tones, synth://silence, "
                          "synth://noise (parameters ?seconds=&seed=&level=)")
-    src = ArrayAudioSource(wav, uri, realtime=q.get("realtime", "0") not in ("0", "false", ""))
+    src = ArrayAudioSource(wav, uri, realtime=_realtime(q, uri))
     src.truth = truth  # [(start_s, end_s)] of the voiced bursts, for tests
     return src
 
@@ -292,9 +365,9 @@ def _open_synth_video(uri: str, split, q: dict) -> Source:
     if kind != "frames":
         raise ValueError(f"unknown synthetic video {kind!r} in {uri!r}; valid: "
                          "synth://frames?seconds=2&fps=10&width=320&height=240")
-    frames = synth_frames(float(q.get("seconds", 2.0)), float(q.get("fps", 10.0)),
-                          int(q.get("width", 320)), int(q.get("height", 240)))
-    return FrameIterSource(frames, uri, realtime=q.get("realtime", "0") not in ("0", "false", ""))
+    frames = synth_frames(_number(q, "seconds", 2.0, 0.0, MAX_SYNTH_S, uri), _number(q, "fps", 10.0, 0.1, 120.0, uri),
+                          _number(q, "width", 320, 8, 4096, uri, int), _number(q, "height", 240, 8, 4096, uri, int))
+    return FrameIterSource(frames, uri, realtime=_realtime(q, uri))
 
 
 # --- entry points -------------------------------------------------------------------------------

@@ -5,8 +5,11 @@ parameters, no audio), written 0600 and replaced atomically. `SpeakerCache.expor
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+
+import numpy as np
 
 from mlsan_edge.runtime.speaker_store import SCHEMA_VERSION
 
@@ -27,9 +30,53 @@ def write_export(path: str | Path, speakers: list[dict], voice_dim: int) -> None
 
 def read_export(path: str | Path, voice_dim: int) -> list[dict]:
     """The speakers of an export file: dicts of id, name, profile (a dict), first_seen, last_seen,
-    utterances. ValueError when it is not an export of `voice_dim`-d voices."""
-    doc = json.loads(Path(path).read_text())
-    if doc.get("format") != EXPORT_FORMAT or int(doc.get("voice_dim", -1)) != int(voice_dim):
-        raise ValueError(f"{path} is not a {voice_dim}-d {EXPORT_FORMAT} export "
-                         f"(format={doc.get('format')!r}, voice_dim={doc.get('voice_dim')})")
-    return doc["speakers"]
+    utterances. ValueError naming the file and the first bad field when it is not a valid export of
+    `voice_dim`-d voices (checked whole before anything is imported). JSON only: no pickle."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path} is not a {EXPORT_FORMAT} export: not UTF-8 JSON ({e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or doc.get("voice_dim") != int(voice_dim):
+        got = (doc.get("format"), doc.get("voice_dim")) if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{path} is not a {voice_dim}-d {EXPORT_FORMAT} export (format, voice_dim = {got}); "
+                         "expected a file written by `mlsan-edge speakers export`")
+    speakers = doc.get("speakers")
+    if not isinstance(speakers, list):
+        raise ValueError(f"{path}: 'speakers' must be a list")
+    for i, sp in enumerate(speakers):
+        _check_speaker(path, i, sp, int(voice_dim))
+    return speakers
+
+
+def _check_speaker(path: Path, i: int, sp, voice_dim: int) -> None:
+    from mlsan_edge.profile import SpeakerProfile
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{path}: speaker #{i}: {what}; expected a file written by `mlsan-edge speakers export`")
+
+    if not isinstance(sp, dict):
+        raise bad("not an object")
+    if sp.get("name") is not None and (not isinstance(sp["name"], str) or not sp["name"].strip()):
+        raise bad(f"name {sp['name']!r} is not a non-empty string")
+    for k in ("first_seen", "last_seen"):
+        if isinstance(sp.get(k), bool) or not isinstance(sp.get(k), (int, float)) or not math.isfinite(sp[k]):
+            raise bad(f"{k} {sp.get(k)!r} is not a finite number")
+    if isinstance(sp.get("utterances"), bool) or not isinstance(sp.get("utterances"), int) or sp["utterances"] < 0:
+        raise bad(f"utterances {sp.get('utterances')!r} is not a count")
+    try:
+        prof = SpeakerProfile.from_dict(sp["profile"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise bad(f"profile is malformed ({type(e).__name__}: {e})") from e
+    if prof.voice_dim != voice_dim or prof.voice_sum.shape != (voice_dim,) or prof.voice_count < 0:
+        raise bad(f"profile voice is {prof.voice_sum.shape} x {prof.voice_count}, not ({voice_dim},)")
+    arrays = [prof.voice_sum] + [a for st in prof.stats.values() for a in (st.mean, st.m2)]
+    if prof.latent_sum is not None:
+        arrays.append(prof.latent_sum)
+    for m, st in prof.stats.items():
+        if st.mean.shape != (st.dim,) or st.m2.shape != (st.dim,) or st.count < 0:
+            raise bad(f"profile statistics of {m!r} do not match their dimension {st.dim}")
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise bad("profile holds NaN or inf")

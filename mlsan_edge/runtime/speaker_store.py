@@ -5,20 +5,28 @@ first/last seen times, an utterance count, and an opaque blob of FiLM/gate param
 the profile version it was computed from. No audio or images are ever stored: only embeddings and
 statistics. Who is who (matching, merging) is `speakers.py`'s business, not this module's.
 
-The file is created with mode 0600 and written in WAL mode inside transactions; a corrupt file
-is moved aside to `<name>.corrupt-<timestamp>` and replaced by an empty store, with a warning.
-Deleted rows are overwritten (`secure_delete`), and `scrub()` truncates the WAL and vacuums, so
-nothing of a forgotten speaker is left in the file.
+The file is created with mode 0600 (a folder created for it 0700; a wider mode on an existing
+file is narrowed, with a warning) and written in WAL mode inside transactions; a corrupt file is
+moved aside to `<name>.corrupt-<timestamp>` and replaced by an empty store, with a warning that
+says where it went. A write that fails for lack of space (disk full) is rolled back and raised as
+`CacheWriteError` (an OSError): the file stays as it was before the write. Deleted rows are
+overwritten (`secure_delete`), and `scrub()` truncates the WAL and vacuums, so nothing of a
+forgotten speaker is left in the file.
+
+With a key (`speaker_crypto.py`: $MLSAN_CACHE_KEY or a key file) the profile and params columns
+are sealed with AES-256-GCM; names, ids and times stay in clear.
 
 Not thread-safe on its own: `SpeakerCache` serialises access with its lock.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import sqlite3
+import stat
 import time
 import warnings
 from contextlib import contextmanager
@@ -26,10 +34,18 @@ from pathlib import Path
 from typing import Iterator
 
 from mlsan_edge.profile import SpeakerProfile
+from mlsan_edge.runtime.speaker_crypto import CacheKeyError, Sealer, is_sealed, key_material
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+
+
+def _is_full(e: sqlite3.OperationalError) -> bool:
+    """SQLITE_FULL ("database or disk is full") or SQLITE_IOERR ("disk I/O error")."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return code in (13, 10) or (code is not None and code & 0xFF in (13, 10)) or any(
+        w in str(e) for w in ("is full", "disk I/O error"))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,11 +64,36 @@ CREATE INDEX IF NOT EXISTS speakers_last_seen ON speakers(last_seen);
 """
 
 
+class CacheWriteError(OSError):
+    """A write to the speaker cache failed for lack of space or an I/O error; it was rolled back."""
+
+
+def _make_private_dirs(folder: Path) -> None:
+    """Create `folder` and missing parents 0700 (folders that exist are left as they are)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)  # mkdir's mode is filtered by the umask
+
+
 def _create_private(path: Path) -> None:
     """Create an empty file readable only by its owner (0600), before SQLite opens it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_private_dirs(path.parent)
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     os.close(fd)
+
+
+def _narrow_mode(path: Path) -> None:
+    """An existing cache file readable by others is made 0600 (SQLite gives its -wal/-shm the same mode)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        os.chmod(path, 0o600)
+        msg = f"speaker cache {path} was readable by others (mode {mode:o}); made it 0600"
+        log.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=6)
 
 
 class SpeakerStore:
@@ -61,17 +102,29 @@ class SpeakerStore:
     Args:
         path: SQLite file (created 0600), or ":memory:".
         voice_dim: dimension of the voice embeddings in the profiles (checked against the file).
+        key, key_file: the encryption secret (`speaker_crypto.key_material`: default
+            $MLSAN_CACHE_KEY or $MLSAN_CACHE_KEY_FILE; none: the cache is not encrypted).
     """
 
-    def __init__(self, path: str | Path, voice_dim: int) -> None:
+    def __init__(self, path: str | Path, voice_dim: int, key: str | bytes | None = None,
+                 key_file: str | Path | None = None) -> None:
         self.path = path if str(path) == ":memory:" else Path(path)
         self.voice_dim = int(voice_dim)
+        self._material = key_material(key, key_file)
+        self._sealer: Sealer | None = None
         self.conn: sqlite3.Connection | None = self._open()
+
+    @property
+    def encrypted(self) -> bool:
+        return self._sealer is not None
 
     # --- opening, corruption, schema ----------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        if isinstance(self.path, Path) and not self.path.exists():
-            _create_private(self.path)
+        if isinstance(self.path, Path):
+            if not self.path.exists():
+                _create_private(self.path)
+            else:
+                _narrow_mode(self.path)
         conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
         conn.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not just unlinked
         if isinstance(self.path, Path):
@@ -101,6 +154,10 @@ class SpeakerStore:
                 raise
             self._move_aside(e)
             return self._open(retry=False)
+        except BaseException:  # a wrong key, another voice_dim: not corruption, and nothing left open
+            if conn is not None:
+                conn.close()
+            raise
 
     def _move_aside(self, error: Exception) -> Path:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -122,12 +179,46 @@ class SpeakerStore:
         if not meta:
             conn.executemany("INSERT INTO meta VALUES (?, ?)",
                              [("schema_version", str(SCHEMA_VERSION)), ("voice_dim", str(self.voice_dim))])
+            self._setup_key(conn, {})
             return
+        self._setup_key(conn, meta)
         if int(meta.get("schema_version", -1)) != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"schema version {meta.get('schema_version')} != {SCHEMA_VERSION}")
         if int(meta.get("voice_dim", -1)) != self.voice_dim:
             raise ValueError(f"speaker cache {self.path} holds {meta['voice_dim']}-d voice embeddings but this "
                              f"runtime makes {self.voice_dim}-d ones; use another --cache file")
+
+    def _setup_key(self, conn: sqlite3.Connection, meta: dict) -> None:
+        """Check (or, for an empty cache, set up) encryption against the key given."""
+        if "kdf_salt" in meta:
+            if self._material is None:
+                raise CacheKeyError(f"speaker cache {self.path} is encrypted: set $MLSAN_CACHE_KEY or give its key "
+                                    "file (--key-file / $MLSAN_CACHE_KEY_FILE)")
+            self._sealer = Sealer(self._material, bytes.fromhex(meta["kdf_salt"]))
+            self._sealer.verify(bytes.fromhex(meta["key_check"]), self.path)
+            return
+        if self._material is None:
+            return
+        if conn.execute("SELECT COUNT(*) FROM speakers").fetchone()[0]:
+            raise CacheKeyError(f"speaker cache {self.path} holds unencrypted speakers but a key was given; export "
+                                "them without the key (`mlsan-edge speakers export`) and import them into a new "
+                                "cache with it, or unset the key")
+        salt = Sealer.new_salt()
+        self._sealer = Sealer(self._material, salt)
+        conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                         [("kdf_salt", salt.hex()), ("key_check", self._sealer.check_value().hex())])
+
+    # --- (de)serialising the sealed columns ---------------------------------------------------
+    def _dump_profile(self, profile: SpeakerProfile):
+        text = json.dumps(profile.to_dict())
+        return text if self._sealer is None else sqlite3.Binary(self._sealer.seal(text.encode(), "profile"))
+
+    def _load_profile(self, value) -> dict:
+        if is_sealed(value) or self._sealer is not None:
+            if self._sealer is None:
+                raise CacheKeyError(f"speaker cache {self.path} holds encrypted profiles but no key was given")
+            value = self._sealer.open(bytes(value), "profile").decode()
+        return json.loads(value)
 
     def unknown(self, what) -> str:
         """The message of the KeyError for a speaker that is not in the store."""
@@ -140,16 +231,20 @@ class SpeakerStore:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute("COMMIT")
+        except BaseException as e:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.OperationalError) and _is_full(e):
+                raise CacheWriteError(errno.ENOSPC, f"speaker cache {self.path}: the write failed ({e}); it was "
+                                      "rolled back and the cache is as it was; free space on its disk") from e
             raise
-        self.conn.execute("COMMIT")
 
     def insert(self, profile: SpeakerProfile, name: str | None, now: float, utterances: int) -> int:
         """A new row; returns its id."""
         cur = self.conn.execute(
             "INSERT INTO speakers (name, profile, first_seen, last_seen, utterances) VALUES (?, ?, ?, ?, ?)",
-            (name, json.dumps(profile.to_dict()), now, now, utterances))
+            (name, self._dump_profile(profile), now, now, utterances))
         return int(cur.lastrowid)
 
     def write_profile(self, sid: int, profile: SpeakerProfile, seen: float | None, utterances: int = 0,
@@ -158,7 +253,7 @@ class SpeakerStore:
         profile version (the cached parameters go stale)."""
         sql = ("UPDATE speakers SET profile = ?, utterances = utterances + ?"
                + (", profile_version = profile_version + 1" if bump else ""))
-        args: list = [json.dumps(profile.to_dict()), utterances]
+        args: list = [self._dump_profile(profile), utterances]
         if seen is not None:
             sql += ", last_seen = MAX(last_seen, ?)"
             args.append(seen)
@@ -201,15 +296,25 @@ class SpeakerStore:
         """Cache parameters computed from profile version `profile_version` (KeyError: no such speaker)."""
         with self.transaction() as conn:
             cur = conn.execute("UPDATE speakers SET params = ?, params_version = ? WHERE id = ?",
-                               (sqlite3.Binary(params), int(profile_version), sid))
+                               (sqlite3.Binary(self._seal_params(params)), int(profile_version), sid))
             if cur.rowcount == 0:
                 raise KeyError(self.unknown(sid))
+
+    def _seal_params(self, params: bytes) -> bytes:
+        return params if self._sealer is None else self._sealer.seal(params, "params")
+
+    def expire(self, cutoff: float) -> list[int]:
+        """Delete every speaker last seen before `cutoff` (unix time, s); returns their ids."""
+        with self.transaction() as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM speakers WHERE last_seen < ?", (cutoff,))]
+            conn.executemany("DELETE FROM speakers WHERE id = ?", [(i,) for i in ids])
+        return ids
 
     # --- reads --------------------------------------------------------------------------------
     def profiles(self) -> dict[int, SpeakerProfile]:
         """Every speaker's profile by id."""
         rows = self.conn.execute("SELECT id, profile FROM speakers").fetchall()
-        return {sid: SpeakerProfile.from_dict(json.loads(p)) for sid, p in rows}
+        return {sid: SpeakerProfile.from_dict(self._load_profile(p)) for sid, p in rows}
 
     def profile_version(self, sid: int) -> int:
         row = self.conn.execute("SELECT profile_version FROM speakers WHERE id = ?", (sid,)).fetchone()
@@ -224,7 +329,9 @@ class SpeakerStore:
         if row is None:
             raise KeyError(self.unknown(sid))
         params, pv, version = row
-        return bytes(params) if params is not None and pv == version else None
+        if params is None or pv != version:
+            return None
+        return bytes(params) if self._sealer is None else self._sealer.open(bytes(params), "params")
 
     def name(self, sid: int) -> str | None:
         row = self.conn.execute("SELECT name FROM speakers WHERE id = ?", (sid,)).fetchone()
@@ -256,7 +363,7 @@ class SpeakerStore:
         """Every speaker with its profile (as a dict), by id; no cached parameters."""
         rows = self.conn.execute("SELECT id, name, profile, first_seen, last_seen, utterances FROM speakers "
                                  "ORDER BY id").fetchall()
-        return [{"id": r[0], "name": r[1], "profile": json.loads(r[2]), "first_seen": r[3],
+        return [{"id": r[0], "name": r[1], "profile": self._load_profile(r[2]), "first_seen": r[3],
                  "last_seen": r[4], "utterances": r[5]} for r in rows]
 
     # --- lifecycle ----------------------------------------------------------------------------

@@ -106,12 +106,17 @@ class SpeakerCache:
             whisper); once the speaker's centroid has settled, the splinter is folded back.
             Two named (enrolled) speakers are never merged; a named one always survives.
         auto_merge: whether to merge splinters as above.
+        retention_days: speakers not seen for this many days are forgotten (checked when the
+            cache opens and then at most hourly; enrolled speakers too). None keeps them.
+        key, key_file: encrypt the profiles and cached parameters at rest (`speaker_crypto.py`);
+            default: $MLSAN_CACHE_KEY / $MLSAN_CACHE_KEY_FILE when set.
     """
 
     def __init__(self, path: str | Path, threshold: float | None = None, new_threshold: float | None = None,
                  max_speakers: int = DEFAULT_MAX_SPEAKERS, dims: dict[str, int] | None = None,
                  voice_dim: int = VOICE_DIM, scorer=None, merge_threshold: float | None = None,
-                 auto_merge: bool = True) -> None:
+                 auto_merge: bool = True, retention_days: float | None = None, key: str | bytes | None = None,
+                 key_file: str | Path | None = None) -> None:
         self.scorer = scorer
         if threshold is None:
             threshold = scorer.threshold if scorer is not None else DEFAULT_THRESHOLD
@@ -125,12 +130,39 @@ class SpeakerCache:
             raise ValueError(f"max_speakers must be >= 1, got {max_speakers}")
         self.max_speakers, self.voice_dim = int(max_speakers), int(voice_dim)
         self.dims = dict(dims or {})
+        if retention_days is not None and not retention_days > 0:
+            raise ValueError(f"retention_days must be > 0 (or None to keep speakers), got {retention_days}")
+        self.retention_days = retention_days
         self._lock = threading.RLock()
-        self._store = SpeakerStore(path, self.voice_dim)
+        self._store = SpeakerStore(path, self.voice_dim, key=key, key_file=key_file)
         self.path = self._store.path
         self._profiles: dict[int, SpeakerProfile] = self._store.profiles()
         self._index = VoiceIndex(scorer, self.voice_dim)  # in-memory matching (voice_index.py)
         self._reindex()
+        self._expired_at = float("-inf")
+        self.expire()
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether profiles and parameters are sealed at rest."""
+        return self._store.encrypted
+
+    def expire(self, now: float | None = None) -> list[int]:
+        """Forget the speakers not seen for `retention_days` (nothing without a retention limit);
+        returns their ids. Their freed pages are overwritten, as by `forget`."""
+        if self.retention_days is None:
+            return []
+        now = time.time() if now is None else now
+        with self._lock:
+            self._expired_at = now
+            gone = self._store.expire(now - self.retention_days * 86400.0)
+            if gone:
+                for sid in gone:
+                    self._profiles.pop(sid, None)
+                self._reindex()
+                self._store.scrub()
+                log.info("retention (%g days): forgot speakers %s", self.retention_days, gone)
+            return gone
 
     @property
     def _conn(self):
@@ -158,6 +190,8 @@ class SpeakerCache:
         """
         e = _unit(embedding, self.voice_dim)
         now = time.time() if now is None else now
+        if self.retention_days is not None and now - self._expired_at > 3600.0:  # days-long runs
+            self.expire(now)
         with self._lock:
             sid, sim = self._index.nearest(e)
             if sid is not None and sim >= self.new_threshold:
@@ -172,7 +206,8 @@ class SpeakerCache:
                         self._store.write_profile(sid, prof, now, utterances=1, bump=False)
                     if moved:
                         self._index.remember(sid, e, prof.voice_count)
-                    self._reindex()
+                    if not self._index.refresh(sid, prof):  # O(D) for a known speaker, not O(N)
+                        self._reindex()
                     sid = self._auto_merge(sid)
                 return Match(sid, sim, False)
             if not update:

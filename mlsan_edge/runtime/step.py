@@ -41,6 +41,7 @@ class UtteranceSegmenter:
     def __init__(self, segmenter, embedder: StreamingVoiceEmbedder) -> None:
         self.segmenter, self.embedder = segmenter, embedder
         self._worst_ms = 0.0  # the slowest VAD chunk of the open utterance
+        self._bad = {"non_finite": 0, "clipped": 0}  # repaired samples since the last utterance
 
     @classmethod
     def of(cls, pipeline: Pipeline) -> "UtteranceSegmenter":
@@ -59,7 +60,7 @@ class UtteranceSegmenter:
         """
         seg = self.segmenter
         t = time.perf_counter()
-        utt = seg.process(samples, t_s)
+        utt = seg.process(self._sanitise(samples), t_s)
         t_end = time.perf_counter()
         self._worst_ms = max(self._worst_ms, (t_end - t) * 1000)
         if utt is not None:
@@ -75,8 +76,36 @@ class UtteranceSegmenter:
         utt = self.segmenter.flush()
         return None if utt is None else self._job(utt, time.perf_counter())
 
+    def _sanitise(self, samples: np.ndarray) -> np.ndarray:
+        """NaN/inf samples become 0 and samples beyond full scale are clipped to [-1, 1], counted
+        for the next event's `degraded`: one bad sample must not poison the VAD's recurrent state
+        or end the stream (a glitching driver, a float WAV written without limiting)."""
+        x = np.asarray(samples, np.float32).reshape(-1)
+        finite = np.isfinite(x)
+        if not finite.all():
+            self._bad["non_finite"] += int((~finite).sum())
+            x = np.where(finite, x, np.float32(0.0))
+        over = np.abs(x) > 1.0
+        if over.any():
+            self._bad["clipped"] += int(over.sum())
+            x = np.clip(x, -1.0, 1.0)
+        return x
+
+    def _notes(self) -> list[str]:
+        notes = []
+        if self._bad["non_finite"]:
+            notes.append(f"audio: {self._bad['non_finite']} NaN/inf samples replaced by 0")
+        if self._bad["clipped"]:
+            notes.append(f"audio: {self._bad['clipped']} samples beyond full scale clipped")
+        self._bad = {"non_finite": 0, "clipped": 0}
+        return notes
+
     def _job(self, utt, t_end: float) -> Job:
         job = Job(utt.audio, utt.start_s, utt.end_s, t_end, vad_ms=self._worst_ms)
+        job.notes = self._notes()
+        if getattr(utt, "forced_split", False):
+            job.notes.append(f"audio: utterance split at the VAD's maximum length "
+                             f"({self.segmenter.config.max_utterance_s:g} s)")
         t = time.perf_counter()
         try:
             job.embedding = self.embedder.finish(utt.audio)

@@ -34,10 +34,18 @@ class TextSource:
         if path is None or str(path).lower() == "none":
             return cls(None)
         p = Path(path)
-        raw = p.read_text(encoding="utf-8")
+        try:
+            raw = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{p} is not UTF-8 text ({e}); expected one line of text per utterance, or "
+                             ".jsonl/.json of {start, end, text}, in UTF-8") from e
         if p.suffix in (".jsonl", ".json"):
-            rows = json.loads(raw) if p.suffix == ".json" else [json.loads(x) for x in raw.splitlines() if x.strip()]
-            return cls([(r["start"], r["end"], r["text"]) for r in rows])
+            try:
+                rows = json.loads(raw) if p.suffix == ".json" else [json.loads(x) for x in raw.splitlines() if x.strip()]
+                return cls([(float(r["start"]), float(r["end"]), str(r["text"])) for r in rows])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{p}: expected {'a list of ' if p.suffix == '.json' else 'one per line: '}"
+                                 f"{{\"start\": s, \"end\": s, \"text\": ...}} ({type(e).__name__}: {e})") from e
         return cls([x.strip() for x in raw.splitlines()])
 
     @classmethod
