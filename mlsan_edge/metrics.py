@@ -19,9 +19,14 @@ def purity_coverage(truth, pred) -> tuple[float, float]:
     """How speaker clusters `pred` match true identities `truth` (equal-length label sequences).
 
     Purity: share of items whose cluster's majority label is theirs. Coverage: share of items in
-    their label's largest cluster (1.0 = every identity kept in one cluster)."""
+    their label's largest cluster (1.0 = every identity kept in one cluster). A None in `pred` (the
+    runtime left the speaker unknown, e.g. a voice too short to tell) is a cluster of its own: pure,
+    but it never adds to its identity's coverage."""
     _, t = np.unique(np.asarray(truth), return_inverse=True)
-    _, p = np.unique(np.asarray(pred), return_inverse=True)
+    ids: dict = {}
+    p = np.array([-1 if x is None else ids.setdefault(x, len(ids)) for x in pred], np.int64)
+    unknown = p < 0
+    p[unknown] = len(ids) + np.arange(int(unknown.sum()))  # each unknown a singleton cluster
     if t.size == 0:
         raise ValueError("purity and coverage need at least one item")
     table = np.zeros((t.max() + 1, p.max() + 1), np.int64)  # identity x cluster counts

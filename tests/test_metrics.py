@@ -55,3 +55,12 @@ def test_report_matches_scikit_learn(seed):
 def test_report_of_nothing():
     r = report(np.array([], np.int64), np.array([], np.int64), ["x", "y"])
     assert r["n"] == 0 and r["accuracy"] == 0.0 and r["weighted_f1"] == 0.0 and r["per_class_f1"] == {}
+
+
+def test_purity_coverage_counts_unknown_speakers_as_singletons():
+    from mlsan_edge.metrics import purity_coverage
+
+    # actor a: 3 clips, one left unknown; actor b: 2 clips in one cluster
+    pur, cov = purity_coverage(["a", "a", "a", "b", "b"], [1, 1, None, 2, 2])
+    assert pur == 1.0 and cov == 0.8
+    assert purity_coverage(["a", "b"], [None, None]) == (1.0, 1.0)

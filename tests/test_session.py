@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import REPO, SHARED_DATA
 from fake_stages import FakeStages
 from mlsan_edge.config import EMOTIONS, TEXT_DIM, VISUAL_DIM
 from mlsan_edge.features.audio import AUDIO_DIM
@@ -263,3 +263,26 @@ def test_end_to_end_grid_six_speakers_with_the_default_speaker_matching():
     pairs = [(a, b) for a in range(len(ids)) for b in range(a + 1, len(ids))]
     assert all((ids[a] == ids[b]) == (said[a] == said[b]) for a, b in pairs), (ids, said)
     assert all(e.face_used for e in events)
+
+
+@pytest.mark.slow
+@pytest.mark.requires_data
+def test_person_identity_acceptance_seven_persons_from_grid_and_cremad(tmp_path):
+    """Issue #10: every shared GRID sentence and the six CREMA-D 1001 emotions, shuffled (seed 0),
+    1 s gaps, audio + video, fresh cache: exactly 7 persons, purity and coverage >= 0.95."""
+    import importlib.util
+
+    from mlsan_edge.runtime.face_identity import available
+
+    if not available():
+        pytest.skip("face identity needs mlsan-edge[face-id]")
+    spec = importlib.util.spec_from_file_location("person_identity", REPO / "benchmarks" / "person_identity.py")
+    pi = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pi)
+    items = pi.clips(SHARED_DATA / "talking")
+    if len(items) != 19:
+        pytest.skip("the shared GRID/CREMA-D clips are not all there")
+    items = [items[i] for i in np.random.default_rng(0).permutation(len(items))]
+    segs = pi.build_stream(items, tmp_path / "all.mp4")
+    r = pi.score(pi.run(tmp_path / "all.mp4", tmp_path / "c.db", "default"), segs)
+    assert r["persons"] == 7 and r["purity"] >= 0.95 and r["coverage"] >= 0.95, r

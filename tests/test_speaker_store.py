@@ -226,7 +226,7 @@ def test_store_holds_no_audio_or_image_columns(tmp_path):
     cols = {r[1] for t in ("speakers", "meta") for r in con.execute(f"PRAGMA table_info({t})")}
     con.close()
     assert cols == {"id", "name", "profile", "profile_version", "params", "params_version", "first_seen",
-                    "last_seen", "utterances", "key", "value"}
+                    "last_seen", "utterances", "identity", "key", "value"}
 
 
 def test_no_pickle_in_any_device_load_path():

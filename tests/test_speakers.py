@@ -319,3 +319,104 @@ def test_auto_merge_never_joins_two_named_speakers_and_keeps_the_named_one():
     for e in rest[1:]:
         cache2.identify(e)
     assert [s.name for s in cache2.list()] == ["ann"]
+
+
+# --- persons: face + voice (issue #10) ------------------------------------------------------------
+def _faces(n: int, seed: int = 1) -> list[np.ndarray]:
+    """Synthetic 128-d descriptors of n people, ~1.4 apart (as dlib's different people are)."""
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(128) * 0.125).astype(np.float32) for _ in range(n)]
+
+
+def _near(f: np.ndarray, seed: int) -> np.ndarray:
+    """The same face seen again: ~0.2 away."""
+    return (f + np.random.default_rng(seed).standard_normal(128).astype(np.float32) * 0.018).astype(np.float32)
+
+
+def test_face_decides_binds_the_voice_and_merges_two_voice_clusters_seen_with_it():
+    voices, faces = _synthetic_voices(3, 4), _faces(3)
+    c = SpeakerCache(":memory:", dims=DIMS)
+    v_only = c.identify(voices[0][0]).speaker_id  # heard, not seen: a voice-only person
+    bound = c.identify(voices[0][1], face=faces[0])  # now seen: the face binds to that voice
+    assert bound.speaker_id == v_only and bound.identified_by == "voice" and not bound.is_new
+    again = c.identify(voices[1][0], face=_near(faces[0], 1))  # same face, another voice: still them
+    assert again.speaker_id == v_only and again.identified_by == "face" and again.face_distance < 0.5
+    assert c.identify(voices[0][2], face=_near(faces[0], 2)).identified_by == "both"
+    # a separate voice-only cluster whose voice then comes with the face is merged into the person
+    other = c.identify(voices[2][0]).speaker_id
+    assert other != v_only
+    c.identify(voices[2][1], face=_near(faces[0], 3))
+    assert other not in {s.id for s in c.list()} and len(c) == 1
+    assert c.list()[0].keys == ("voice", "face")
+
+
+def test_one_voice_seen_with_two_faces_is_split_going_forward():
+    voices, faces = _synthetic_voices(1, 4), _faces(2)
+    c = SpeakerCache(":memory:", dims=DIMS)
+    a = c.identify(voices[0][0], face=faces[0]).speaker_id
+    b = c.identify(voices[0][1], face=faces[1])  # the same voice, another face: another person
+    assert b.is_new and b.speaker_id != a and b.identified_by == "face"
+    assert c.identify(voices[0][2], face=_near(faces[1], 5)).speaker_id == b.speaker_id
+    assert c.identify(voices[0][3], face=_near(faces[0], 6)).speaker_id == a
+    # two people with faces are never auto-merged, however alike their voices
+    assert len(c) == 2
+
+
+def test_short_voices_never_merge_people_and_are_said_to_be_unknown():
+    voices, faces = _synthetic_voices(6, 2), _faces(1)
+    c = SpeakerCache(":memory:", dims=DIMS)
+    for s in range(6):  # six people saying a digit each: no one is created, no one merged
+        m = c.identify(voices[s][0], voice_s=0.4)
+        assert m.speaker_id is None and m.identified_by == "none" and "too short" in m.note
+    assert len(c) == 0
+    # with a face, the face decides; the short voice is not folded into the person
+    first = c.identify(voices[0][0], face=faces[0], voice_s=0.4)
+    assert first.is_new and c.get_profile(first.speaker_id).voice_count == 0
+    assert c.identify(voices[1][0], face=_near(faces[0], 7), voice_s=0.4).speaker_id == first.speaker_id
+    assert c.get_profile(first.speaker_id).voice_count == 0
+
+
+def test_named_person_is_a_verification_target():
+    voices = _synthetic_voices(3, 6)
+    c = SpeakerCache(":memory:", dims=DIMS)
+    ana = c.enroll("Ana", voices[0][:3])
+    assert c.identify(voices[0][4]).speaker_id == ana  # verified against the enrolled voices
+    stranger = c.identify(voices[1][0])
+    assert stranger.speaker_id != ana and stranger.is_new
+    # a voice that does not verify never gets the name, even if it would cluster with Ana
+    strict = SpeakerCache(":memory:", dims=DIMS, named_threshold=1.01)
+    bob = strict.enroll("Bob", voices[2][:3])
+    assert strict.identify(voices[2][4]).speaker_id != bob
+    assert [k for s in strict.list() for k in s.keys if s.id == bob] == ["voice", "enrolled_voice"]
+
+
+def test_enrol_by_face_and_persons_persist_across_runs_encrypted(tmp_path, monkeypatch):
+    pytest.importorskip("cryptography")
+    voices, faces = _synthetic_voices(2, 4), _faces(2)
+    db = tmp_path / "people.db"
+    with SpeakerCache(db, dims=DIMS, key="k" * 32) as c:
+        ana = c.enroll("Ana", faces=[faces[0], _near(faces[0], 1)])
+        seen = c.identify(voices[1][0], face=faces[1]).speaker_id
+    raw = db.read_bytes()
+    assert b"face_sum" not in raw  # sealed like the profile
+    with SpeakerCache(db, dims=DIMS, key="k" * 32) as c:  # the next run
+        m = c.identify(voices[0][0], face=_near(faces[0], 2))
+        assert m.speaker_id == ana and c.name(ana) == "Ana" and m.identified_by == "face"
+        assert c.identify(voices[1][1], face=_near(faces[1], 3)).speaker_id == seen
+        c.export(tmp_path / "out.json")
+        c.forget(seen)
+        assert seen not in {s.id for s in c.list()}
+    with SpeakerCache(tmp_path / "other.db", dims=DIMS) as d:
+        d.import_(tmp_path / "out.json")
+        people = {s.name: s for s in d.list()}
+        assert people["Ana"].keys == ("voice", "face") and people["Ana"].face_count == 3
+        assert d.identify(voices[0][1], face=_near(faces[0], 4)).speaker_id == d.resolve("Ana")
+
+
+def test_merge_carries_the_face():
+    voices, faces = _synthetic_voices(2, 2), _faces(1)
+    c = SpeakerCache(":memory:", dims=DIMS)
+    a = c.identify(voices[0][0]).speaker_id
+    b = c.identify(voices[1][0], face=faces[0]).speaker_id
+    c.merge(a, b)
+    assert c.identify(voices[1][1], face=_near(faces[0], 9)).speaker_id == a

@@ -141,7 +141,8 @@ def speakers_command(a: argparse.Namespace) -> int:
                 print(json.dumps(rows))
             else:
                 for r in rows:
-                    print(f"{r['id']:5d}  {r['name'] or '-':20s} {r['utterances']:5d} utterances")
+                    print(f"{r['id']:5d}  {r['name'] or '-':20s} {r['utterances']:5d} utterances  "
+                          f"keys: {', '.join(r['keys']) or '-'}")
             return 0
         if a.action == "enroll":
             result = {"id": cache.enroll(a.name, embeddings), "name": a.name}

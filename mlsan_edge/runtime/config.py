@@ -12,6 +12,7 @@ from mlsan_edge.runtime.budgets import Budgets
 
 SPEAKER_SCORING = ("auto", "scorer", "cosine")
 CAMERA_POLICIES = ("audio_only", "stop")
+FACE_ID_MODES = ("auto", "on", "none")
 LIVE_SCHEMES = ("mic", "camera", "csi")  # sources that run in real time (files do unless ?realtime=1)
 
 
@@ -32,6 +33,10 @@ class RuntimeConfig:
     face: str = "auto"  # "auto" (landmarks when a TFLite interpreter exists), "none", or a .tflite path
     face_fps: float = 10.0  # frames analysed per second of video (the rest are skipped)
     face_max_width: int = 320  # face detection runs on a copy at most this wide (px)
+    # who a face is (face_identity.py, the [face-id] extra): "auto" (when dlib and the weights are
+    # installed), "on" (required) or "none"; the speaking face is then the person's key
+    face_id: str = "auto"
+    face_id_refresh_s: float = 1.0  # a face track's descriptor is recomputed at most this often (s)
     # how voices are matched: "scorer" (the bundle's VoiceScorer: emotion directions projected
     # out, centred on the voices heard here, AS-norm; README "Speaker cache"), "cosine" (plain GE2E
     # cosine), or "auto": the scorer when the bundle has one, else cosine
@@ -51,6 +56,8 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         if self.on_camera_failure not in CAMERA_POLICIES:
             raise ValueError(f"unknown on_camera_failure {self.on_camera_failure!r}; valid: {', '.join(CAMERA_POLICIES)}")
+        if self.face_id not in FACE_ID_MODES:
+            raise ValueError(f"unknown face_id {self.face_id!r}; valid: {', '.join(FACE_ID_MODES)}")
         if self.face_fps <= 0:
             raise ValueError(f"face_fps must be > 0, got {self.face_fps}")
         if self.speaker_scoring not in SPEAKER_SCORING:

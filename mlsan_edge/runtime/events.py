@@ -24,6 +24,12 @@ class Event:
             (the VoiceScorer's AS-norm score, or cosine with speaker_scoring="cosine" or a bundle
             without a scorer); None when no speaker was known yet.
         new_speaker: True when this utterance created the speaker.
+        identified_by: which key chose the speaker: "face" (the speaking face's descriptor), "voice",
+            "both" (the face, and the voice agreed), or "none" (speaker_id None: a voice too short
+            to tell and no face). Records written before this field read as "voice".
+        voice_similarity: the voice's score against the chosen speaker (scorer units or cosine), or None.
+        face_distance: Euclidean distance of the speaking face's descriptor to the chosen
+            person's face (dlib units; <= 0.5 is the same person), or None (no face, or a new face).
         emotion: the most probable of the 7 classes; probs: class -> probability.
         trust: modality -> stage-2 weight; modalities: the modalities present, in model order.
         timings_ms: step -> milliseconds (`STEPS`; `vad` is the slowest VAD chunk of the utterance).
@@ -51,6 +57,9 @@ class Event:
     degraded: list[str] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
     text: str | None = None
+    identified_by: str = "voice"
+    voice_similarity: float | None = None
+    face_distance: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,19 +96,23 @@ class Event:
         d["start_s"], d["end_s"] = round(self.start_s, 3), round(self.end_s, 3)
         sim = self.speaker_similarity
         d["speaker_similarity"] = round(float(sim), 4) if sim is not None and np.isfinite(sim) else None
+        for k in ("voice_similarity", "face_distance"):
+            v = d[k]
+            d[k] = round(float(v), 4) if v is not None and np.isfinite(v) else None
         d["probs"] = {k: round(float(v), 4) for k, v in self.probs.items()}
         d["trust"] = {k: round(float(v), 4) for k, v in self.trust.items()}
         d["timings_ms"] = {k: round(float(v), 2) for k, v in self.timings_ms.items()}
         return json.dumps(d, separators=(",", ":"))
 
 
-_MAY_BE_NONE = ("speaker_id", "speaker_name", "speaker_similarity", "text")
+_MAY_BE_NONE = ("speaker_id", "speaker_name", "speaker_similarity", "text", "voice_similarity", "face_distance")
 # what from_dict accepts per field
 _FIELD_TYPES = {"start_s": "number", "end_s": "number", "speaker_id": "int", "speaker_name": "str",
                 "speaker_similarity": "number", "emotion": "str", "probs": "dict[str, number]",
                 "trust": "dict[str, number]", "modalities": "list[str]", "timings_ms": "dict[str, number]",
                 "over_budget": "list[str]", "face_used": "bool", "new_speaker": "bool", "face": "dict",
-                "degraded": "list[str]", "dropped": "dict[str, int]", "text": "str"}
+                "degraded": "list[str]", "dropped": "dict[str, int]", "text": "str", "identified_by": "str",
+                "voice_similarity": "number", "face_distance": "number"}
 
 
 def _is(v, kind: str) -> bool:

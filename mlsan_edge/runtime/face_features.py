@@ -130,6 +130,25 @@ def _corr(obs: list[tuple[float, float, int]], audio: np.ndarray, start_s: float
     return float(np.corrcoef(mouth, env)[0, 1])
 
 
+def track_descriptor(frames: list[FrameFaces], track: int | None) -> np.ndarray | None:
+    """(128,) identity descriptor of face `track` in these frames: the mean of the distinct
+    descriptors computed on these frames (`FaceAnalyzer` refreshes them every `refresh_s`); when
+    none was, the latest one the track carries from before. None: no such track, or face identity off.
+    (A descriptor from before the window may be another person's: a hard cut can keep the track.)"""
+    if track is None or not frames:
+        return None
+    seen = {}
+    for f in frames:
+        for o in f.faces:
+            if o.track == track and o.descriptor is not None:
+                seen[o.descriptor_t] = o.descriptor
+    if not seen:
+        return None
+    inside = [t for t in seen if t >= frames[0].t]
+    use = [seen[t] for t in inside] if inside else [seen[max(seen)]]
+    return np.mean(np.stack(use), axis=0).astype(np.float32)
+
+
 # --- the visual vector --------------------------------------------------------------------------
 class VisualBaselines:
     """Per-speaker neutral baseline of the raw measures: the running mean over their frames.
@@ -195,9 +214,10 @@ class VisualResult:
 
 
 def visual_features(frames: list[FrameFaces], audio: np.ndarray, start_s: float, speaker_key,
-                    baselines: VisualBaselines) -> VisualResult:
-    """The utterance's visual vector from the analysed frames inside it."""
-    att = attribute(frames, audio, start_s)
+                    baselines: VisualBaselines, att: Attribution | None = None) -> VisualResult:
+    """The utterance's visual vector from the analysed frames inside it (`att`: the attribution,
+    when the caller already has it)."""
+    att = attribute(frames, audio, start_s) if att is None else att
     if att.track is None:
         return VisualResult(None, att, 0, "no face during the utterance")
     ms = [o.measures for f in frames for o in f.faces if o.track == att.track and o.measures is not None]

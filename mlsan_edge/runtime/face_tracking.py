@@ -40,6 +40,7 @@ MESH_MIN_PRESENCE = 0.5  # sigmoid of the model's face-flag output below which l
 MEASURES = ("brow_inner", "brow_outer", "brow_gap", "eye_open", "cheek_lid", "nose_len", "nose_lip",
             "corner_lift", "chin_lip", "mouth_width", "lip_thick", "lip_gap", "jaw")
 MEASURE_INDEX = {m: i for i, m in enumerate(MEASURES)}
+CUT_CHANGE = 0.45  # mean |change| of a track's z-scored face thumbnail that means another face (a cut)
 
 
 # --- interpreter and models ------------------------------------------------------------------------
@@ -165,6 +166,9 @@ class FaceObs:
     box: tuple[int, int, int, int]  # x, y, w, h in frame pixels
     measures: np.ndarray | None  # (13,) IOD units, or None without landmarks
     mouth: float  # mouth-opening signal: lip aperture (IOD) or lower-face motion (no landmarks)
+    descriptor: np.ndarray | None = None  # (128,) identity of the track's face (`face_identity.py`),
+    #                                       computed at most every `refresh_s`; None without [face-id]
+    descriptor_t: float | None = None  # frame time the descriptor was computed on, s
 
     @property
     def area(self) -> int:
@@ -194,10 +198,17 @@ class FaceAnalyzer:
         landmarks: "auto" (Face Mesh when an interpreter is installed), "none" (boxes only), or
             the path of a face_landmark.tflite file.
         max_width: detection runs on a copy at most this wide (pixels).
+        describer: a `face_identity.FaceDescriber` (None: no identity descriptors).
+        refresh_s: a track's descriptor is recomputed when older than this (s); the observations
+            in between carry the latest one.
     """
 
-    def __init__(self, landmarks: str = "auto", max_width: int = 320) -> None:
+    def __init__(self, landmarks: str = "auto", max_width: int = 320, describer=None,
+                 refresh_s: float = 1.0) -> None:
         self.detector = HaarDetector(max_width=max_width)
+        self.describer, self.refresh_s = describer, float(refresh_s)
+        self._described: dict[int, tuple[float, np.ndarray]] = {}  # track -> (t, descriptor)
+        self._thumbs: dict[int, np.ndarray] = {}  # track -> its face's last 16x16 z-scored grey thumbnail
         self.mesh: FaceMesh | None = None
         if landmarks != "none":
             try:
@@ -217,6 +228,7 @@ class FaceAnalyzer:
     def reset(self) -> None:
         with self._lock:
             self._tracks, self._next = {}, 0
+            self._described, self._thumbs = {}, {}
 
     def _crop(self, image: np.ndarray, box) -> tuple[np.ndarray, float, float, float]:
         import cv2
@@ -269,11 +281,57 @@ class FaceAnalyzer:
                 else:
                     measures = None
                     mouth, patch = self._mouth_motion(image, box, prev)
-                tracks[best] = (box, patch)
-                out.faces.append(FaceObs(best, box, measures, mouth))
+                obs = FaceObs(best, box, measures, mouth)
+                if self._describe(obs, image, t):  # another person in the same place (a hard cut)
+                    obs.track = self._next
+                    self._next += 1
+                    self._described[obs.track] = self._described.pop(best)
+                    self._thumbs[obs.track] = self._thumbs.pop(best)
+                tracks[obs.track] = (box, patch)
+                out.faces.append(obs)
             self._tracks = tracks
+            self._described = {k: v for k, v in self._described.items() if k in tracks}
+            self._thumbs = {k: v for k, v in self._thumbs.items() if k in tracks}
         out.ms = (time.perf_counter() - t0) * 1000
         return out
+
+
+    def _describe(self, obs: FaceObs, image: np.ndarray, t: float) -> bool:
+        """Attach the track's identity descriptor: a new one when the last is older than refresh_s.
+        True when the new one is another person's (farther than FACE_THRESHOLD from the last)."""
+        if self.describer is None:
+            return False
+        from mlsan_edge.runtime.face_identity import FACE_THRESHOLD, face_distance
+
+        last = self._described.get(obs.track)
+        changed = False
+        thumb = _thumbnail(image, obs.box)
+        before = self._thumbs.get(obs.track)
+        self._thumbs[obs.track] = thumb
+        # the face in the box changed at once (a hard cut to another person at the same place):
+        # describe it now, not `refresh_s` later (frame to frame: same face <= 0.31, cut >= 0.58 on GRID)
+        jump = before is not None and thumb is not None and float(np.abs(thumb - before).mean()) > CUT_CHANGE
+        if last is None or jump or t - last[0] >= self.refresh_s or t < last[0]:
+            d = self.describer(image, obs.box)
+            if d is not None:
+                changed = last is not None and face_distance(d, last[1]) > FACE_THRESHOLD
+                last = self._described[obs.track] = (t, d)
+        if last is not None:
+            obs.descriptor_t, obs.descriptor = last
+        return changed
+
+
+def _thumbnail(image: np.ndarray, box) -> np.ndarray | None:
+    """16x16 grey thumbnail of the box, z-scored (None for an empty box)."""
+    import cv2
+
+    x, y, w, h = box
+    roi = image[max(0, y):y + h, max(0, x):x + w]
+    if roi.size == 0:
+        return None
+    g = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY) if roi.ndim == 3 else roi
+    t = cv2.resize(g, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return (t - t.mean()) / (t.std() + 1e-6)
 
 
 class FaceBuffer:

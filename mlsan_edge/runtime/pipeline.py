@@ -22,11 +22,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from mlsan_edge.config import EMOTIONS, MODALITIES, TEXT_DIM, VISUAL_DIM
+from mlsan_edge.config import EMOTIONS, MODALITIES, SAMPLE_RATE, TEXT_DIM, VISUAL_DIM
 from mlsan_edge.runtime.budgets import BudgetTracker
 from mlsan_edge.runtime.config import RuntimeConfig
 from mlsan_edge.runtime.events import Event
-from mlsan_edge.runtime.face_features import VisualBaselines, visual_features
+from mlsan_edge.runtime.face_features import VisualBaselines, attribute, track_descriptor, visual_features
 from mlsan_edge.runtime.text_source import TextSource
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,11 @@ class Pipeline:
             if self._face is None and self.config.face != "none":
                 from mlsan_edge.runtime.face_tracking import FaceAnalyzer
 
-                self._face = FaceAnalyzer(self.config.face, self.config.face_max_width)
+                from mlsan_edge.runtime.face_identity import describer_or_none
+
+                self._face = FaceAnalyzer(self.config.face, self.config.face_max_width,
+                                          describer=describer_or_none(self.config.face_id),
+                                          refresh_s=self.config.face_id_refresh_s)
             return self._face
 
     def segmenter(self):
@@ -172,18 +176,29 @@ class Pipeline:
         emb = job.embedding if job.embedding is not None else self.voice.embed(job.audio)
         tm["embedding"] = (clock() - t) * 1000 + job.embed_ms
 
+        # the speaking face first: its identity descriptor (computed off this path, with the
+        # frames) is the person's key whenever a face is in view (README "Speaker cache")
+        frames, att = self._faces(job, face_frames, tm, degraded)
+        face_key = track_descriptor(frames, att.track) if att is not None else None
+
         t = clock()
-        match = self.cache.identify(emb)
+        match = self.cache.identify(emb, face=face_key, voice_s=len(job.audio) / SAMPLE_RATE)
         sid = match.speaker_id
+        if match.note:
+            degraded.append(match.note)
         # FiLM/gate parameters come from the speaker's earlier utterances (`speaker_voice`), so
         # they were computed and cached after the speaker's previous utterance; only a new (or
-        # enrolled, imported, merged) speaker needs them computed now
-        blob = self.cache.get_params(sid)
+        # enrolled, imported, merged) speaker needs them computed now. A speaker too short to tell
+        # (sid None) gets the parameters of an empty profile: the training population's.
+        blob = self.cache.get_params(sid) if sid is not None else None
         params_cached = blob is not None
-        params = self.stages.params_from_bytes(blob) if params_cached else self.compute_params(sid, emb)
+        params = self.stages.params_from_bytes(blob) if params_cached else (
+            self.compute_params(sid, emb) if sid is not None else self.unknown_params(emb))
         tm["cache"] = (clock() - t) * 1000
 
-        visual, face_info, face_used = self._visual(job, sid, face_frames, tm, degraded)
+        t = clock()
+        visual, face_info, face_used = self._visual(job, sid, frames, att, degraded)
+        tm["face"] = tm.pop("face_frames", 0.0) + (clock() - t) * 1000
         text_vec, text = self._text(job, text_source, tm, degraded)
         audio_vec, tm["audio_features"] = fut_a.result()
 
@@ -195,7 +210,7 @@ class Pipeline:
             fused, trust = self.stages.stage2(text_vec, calibrated, params)
             tm["stage2"] = (clock() - t) * 1000
             t = clock()
-            probs, latent = self.stages.stage3(fused, conv.prev_speaker == sid, conv.history)
+            probs, latent = self.stages.stage3(fused, sid is not None and conv.prev_speaker == sid, conv.history)
             tm["stage3"] = (clock() - t) * 1000
         conv.prev_speaker = sid
         # waiting for a recorded video's decoder to catch up is not processing: leave it out
@@ -206,8 +221,10 @@ class Pipeline:
         present = [m for m, v in zip(MODALITIES, (text_vec, audio_vec, visual)) if v is not None]
         similarity = float(match.similarity) if np.isfinite(match.similarity) else None  # None: first voice
         event = Event(
-            start_s=float(job.start_s), end_s=float(job.end_s), speaker_id=sid, speaker_name=self.cache.name(sid),
-            speaker_similarity=similarity, new_speaker=bool(match.is_new),
+            start_s=float(job.start_s), end_s=float(job.end_s), speaker_id=sid,
+            speaker_name=None if sid is None else self.cache.name(sid),
+            speaker_similarity=similarity, new_speaker=bool(match.is_new), identified_by=match.identified_by,
+            voice_similarity=match.voice_similarity, face_distance=match.face_distance,
             emotion=self.classes[int(np.argmax(probs))], probs=dict(zip(self.classes, map(float, probs))),
             trust={k: float(v) for k, v in dict(trust).items()}, modalities=present,
             timings_ms={k: float(v) for k, v in tm.items()}, over_budget=over, face_used=face_used,
@@ -217,37 +234,57 @@ class Pipeline:
         # after the prediction, as in training (mlsan_edge.data.replay.profile_inputs); the
         # parameters for the speaker's next utterance are computed now, off the latency path
         t = clock()
-        self.cache.update_profile(sid, {"audio": audio_vec, "visual": visual, "text": text_vec},
-                                  latent=np.asarray(latent))
-        self.compute_params(sid)
+        if sid is not None:  # an unknown speaker has no profile to update
+            self.cache.update_profile(sid, {"audio": audio_vec, "visual": visual, "text": text_vec},
+                                      latent=np.asarray(latent))
+            self.compute_params(sid)
         event.timings_ms["profile_update"] = (clock() - t) * 1000
         notify(self.callbacks, event)
         return event
 
-    def _visual(self, job: Job, sid: int, face_frames: FaceFrames | None, tm: dict, degraded: list):
-        """The utterance's visual vector (or None), what the event reports of it, and whether it was used."""
+    def _faces(self, job: Job, face_frames: FaceFrames | None, tm: dict, degraded: list):
+        """The analysed frames inside the utterance and which face speaks (None, None without video)."""
+        if face_frames is None:
+            return None, None
+        if self.budgets.should_skip("face"):
+            degraded.append("face: skipped after repeated budget overruns")
+            return None, None
         t = time.perf_counter()
+        frames, wait_ms = face_frames()
+        if wait_ms:
+            tm["face_wait"] = wait_ms
+        att = attribute(frames, job.audio, job.start_s)
+        tm["face_frames"] = (time.perf_counter() - t) * 1000 - (wait_ms if job.exclude_wait else 0.0)
+        return frames, att
+
+    def _visual(self, job: Job, sid: int | None, frames, att, degraded: list):
+        """The utterance's visual vector (or None), what the event reports of it, and whether it was used."""
         visual, face_info, face_used = None, {}, False
-        if face_frames is not None:
-            if self.budgets.should_skip("face"):
-                degraded.append("face: skipped after repeated budget overruns")
-            else:
-                frames, wait_ms = face_frames()
-                if wait_ms:
-                    tm["face_wait"] = wait_ms
-                res = visual_features(frames, job.audio, job.start_s, sid, self.baselines)
-                a = res.attribution
-                face_info = {"faces": a.n_faces, "method": a.method, "track": a.track, "frames": res.frames,
-                             "correlation": None if a.correlation is None else round(a.correlation, 3),
-                             "analysed_frames": len(frames)}
-                if res.vector is not None:
-                    visual = np.where(np.isfinite(res.vector), res.vector, self._visual_fill).astype(np.float32)
-                    face_used = True
-                elif res.reason:
-                    degraded.append(f"visual: {res.reason}")
-                    face_info["reason"] = res.reason
-        tm["face"] = (time.perf_counter() - t) * 1000 - (tm.get("face_wait", 0.0) if job.exclude_wait else 0.0)
+        if frames is not None:
+            res = visual_features(frames, job.audio, job.start_s, sid, self.baselines, att)
+            a = res.attribution
+            face_info = {"faces": a.n_faces, "method": a.method, "track": a.track, "frames": res.frames,
+                         "correlation": None if a.correlation is None else round(a.correlation, 3),
+                         "analysed_frames": len(frames)}
+            if res.vector is not None:
+                visual = np.where(np.isfinite(res.vector), res.vector, self._visual_fill).astype(np.float32)
+                face_used = True
+            elif res.reason:
+                degraded.append(f"visual: {res.reason}")
+                face_info["reason"] = res.reason
         return visual, face_info, face_used
+
+    def unknown_params(self, current_voice: np.ndarray | None) -> dict[str, np.ndarray]:
+        """FiLM/gate parameters for a speaker the cache could not tell (a voice too short, no face):
+        an empty profile, i.e. the training population's statistics (not cached)."""
+        from mlsan_edge.profile import ModalityStats, SpeakerProfile, profile_row, speaker_voice
+
+        profile = SpeakerProfile(dims=dict(self.dims), voice_dim=int(np.asarray(current_voice).size))
+        for m, d in self.dims.items():
+            profile.stats.setdefault(m, ModalityStats(d))
+        with self._model_lock:
+            return self.stages.speaker_params(profile_row(profile, self.stages.global_stats),
+                                              speaker_voice(profile, current_voice))
 
     def _text(self, job: Job, text_source: TextSource | None, tm: dict, degraded: list):
         """The utterance's text embedding (or None) and its text."""

@@ -1,5 +1,6 @@
-"""The speaker cache's export file: every speaker's name, profile and times as JSON (no cached
-parameters, no audio), written 0600 and replaced atomically. `SpeakerCache.export` and
+"""The speaker cache's export file: every speaker's name, profile, identity keys (face descriptor
+centroid, enrolled voices) and times as JSON (no cached parameters, no audio or images), written
+0600 and replaced atomically. `SpeakerCache.export` and
 `SpeakerCache.import_` use it."""
 
 from __future__ import annotations
@@ -80,3 +81,24 @@ def _check_speaker(path: Path, i: int, sp, voice_dim: int) -> None:
             raise bad(f"profile statistics of {m!r} do not match their dimension {st.dim}")
     if not all(np.isfinite(a).all() for a in arrays):
         raise bad("profile holds NaN or inf")
+    if sp.get("identity") is not None:
+        _check_identity(sp["identity"], voice_dim, bad)
+
+
+def _check_identity(ident, voice_dim: int, bad) -> None:
+    """An identity dict (speakers.py): {"face_sum": [128], "face_count": n, "enrol_sum": [voice_dim], "enrol_count": n}."""
+    from mlsan_edge.runtime.face_identity import FACE_DIM
+
+    if not isinstance(ident, dict):
+        raise bad("identity is not an object")
+    for key, dim in (("face", FACE_DIM), ("enrol", voice_dim)):
+        n, v = ident.get(f"{key}_count", 0), ident.get(f"{key}_sum")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise bad(f"identity {key}_count {n!r} is not a count")
+        if n:
+            try:
+                a = np.asarray(v, np.float64)
+            except (TypeError, ValueError) as e:
+                raise bad(f"identity {key}_sum is not a list of numbers ({e})") from e
+            if a.shape != (dim,) or not np.isfinite(a).all():
+                raise bad(f"identity {key}_sum must be {dim} finite numbers")

@@ -13,8 +13,11 @@ says where it went. A write that fails for lack of space (disk full) is rolled b
 overwritten (`secure_delete`), and `scrub()` truncates the WAL and vacuums, so nothing of a
 forgotten speaker is left in the file.
 
-With a key (`speaker_crypto.py`: $MLSAN_CACHE_KEY or a key file) the profile and params columns
-are sealed with AES-256-GCM; names, ids and times stay in clear.
+With a key (`speaker_crypto.py`: $MLSAN_CACHE_KEY or a key file) the profile, identity (face
+descriptor centroid, enrolled voices: biometric data like the voice) and params columns are sealed
+with AES-256-GCM; names, ids and times stay in clear. The identity column was added after schema
+version 1 shipped: a file without it gains it when opened (an additive change; older runtimes
+ignore it).
 
 Not thread-safe on its own: `SpeakerCache` serialises access with its lock.
 """
@@ -58,7 +61,9 @@ CREATE TABLE IF NOT EXISTS speakers (
     params_version INTEGER,                -- profile_version the params were computed from
     first_seen REAL NOT NULL,              -- unix time, s
     last_seen REAL NOT NULL,
-    utterances INTEGER NOT NULL DEFAULT 0
+    utterances INTEGER NOT NULL DEFAULT 0,
+    identity TEXT                          -- the person's other keys as JSON (face centroid, enrolled
+                                           -- voices; speakers.py), sealed like the profile; NULL: none
 );
 CREATE INDEX IF NOT EXISTS speakers_last_seen ON speakers(last_seen);
 """
@@ -140,6 +145,8 @@ class SpeakerStore:
             if ok != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
             conn.executescript(_SCHEMA)
+            if "identity" not in [r[1] for r in conn.execute("PRAGMA table_info(speakers)")]:
+                conn.execute("ALTER TABLE speakers ADD COLUMN identity TEXT")  # a cache from before face identity
             self._check_meta(conn)
             return conn
         except sqlite3.OperationalError:
@@ -219,6 +226,30 @@ class SpeakerStore:
                 raise CacheKeyError(f"speaker cache {self.path} holds encrypted profiles but no key was given")
             value = self._sealer.open(bytes(value), "profile").decode()
         return json.loads(value)
+
+    def _dump_identity(self, identity: dict | None):
+        if not identity:
+            return None
+        text = json.dumps(identity)
+        return text if self._sealer is None else sqlite3.Binary(self._sealer.seal(text.encode(), "identity"))
+
+    def _load_identity(self, value) -> dict | None:
+        if value is None:
+            return None
+        if is_sealed(value) or self._sealer is not None:
+            if self._sealer is None:
+                raise CacheKeyError(f"speaker cache {self.path} holds encrypted identities but no key was given")
+            value = self._sealer.open(bytes(value), "identity").decode()
+        return json.loads(value)
+
+    def write_identity(self, sid: int, identity: dict | None) -> None:
+        """Replace the speaker's identity keys (JSON-able dict of lists and numbers; None clears)."""
+        self.conn.execute("UPDATE speakers SET identity = ? WHERE id = ?", (self._dump_identity(identity), sid))
+
+    def identities(self) -> dict[int, dict]:
+        """Every speaker's identity keys by id (speakers without any are left out)."""
+        rows = self.conn.execute("SELECT id, identity FROM speakers WHERE identity IS NOT NULL").fetchall()
+        return {sid: self._load_identity(v) for sid, v in rows}
 
     def unknown(self, what) -> str:
         """The message of the KeyError for a speaker that is not in the store."""
@@ -360,11 +391,18 @@ class SpeakerStore:
         return [dict(zip(keys, r)) for r in rows]
 
     def export_rows(self) -> list[dict]:
-        """Every speaker with its profile (as a dict), by id; no cached parameters."""
-        rows = self.conn.execute("SELECT id, name, profile, first_seen, last_seen, utterances FROM speakers "
-                                 "ORDER BY id").fetchall()
-        return [{"id": r[0], "name": r[1], "profile": self._load_profile(r[2]), "first_seen": r[3],
-                 "last_seen": r[4], "utterances": r[5]} for r in rows]
+        """Every speaker with its profile (as a dict) and identity keys (when any), by id; no cached parameters."""
+        rows = self.conn.execute("SELECT id, name, profile, first_seen, last_seen, utterances, identity "
+                                 "FROM speakers ORDER BY id").fetchall()
+        out = []
+        for r in rows:
+            d = {"id": r[0], "name": r[1], "profile": self._load_profile(r[2]), "first_seen": r[3],
+                 "last_seen": r[4], "utterances": r[5]}
+            identity = self._load_identity(r[6])
+            if identity:
+                d["identity"] = identity
+            out.append(d)
+        return out
 
     # --- lifecycle ----------------------------------------------------------------------------
     def scrub(self) -> None:

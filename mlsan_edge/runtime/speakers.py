@@ -36,6 +36,8 @@ import numpy as np
 
 from mlsan_edge.config import VOICE_DIM
 from mlsan_edge.profile import SpeakerProfile
+from mlsan_edge.runtime.face_identity import FACE_DIM, FACE_THRESHOLD
+from mlsan_edge.runtime.person_keys import FaceIndex, PersonKeys
 from mlsan_edge.runtime.speaker_io import read_export, write_export
 from mlsan_edge.runtime.speaker_store import SpeakerStore
 from mlsan_edge.runtime.voice_index import VoiceIndex
@@ -48,15 +50,31 @@ log = logging.getLogger(__name__)
 # the same rule as for the scorer picks 0.775. With the bundle's scorer the threshold is the scorer's own.
 DEFAULT_THRESHOLD = 0.775
 DEFAULT_MAX_SPEAKERS = 200
+# A voice shorter than this (s of speech) is too short to tell who it is (a "yes", a digit): it
+# never creates, moves, binds or merges a person (issue #10: six people saying single digits all
+# became one speaker).
+MIN_VOICE_S = 1.0
+# Named (enrolled) persons are verification targets: a voice is given a name when it scores at
+# least this against the person's enrolled voices (scorer units; cosine without a scorer) and
+# beats the next named person by NAMED_MARGIN. Calibrated on RAVDESS training actors 1-16
+# (benchmarks/enrol_named.py, results/enrol_named.json "calibration").
+DEFAULT_NAMED_THRESHOLD = 1.0
+DEFAULT_NAMED_COSINE = 0.8
+NAMED_MARGIN = 0.5
+NAMED_MARGIN_COSINE = 0.05
 
 
 class Match(NamedTuple):
     """Result of `SpeakerCache.identify`."""
 
-    speaker_id: int | None  # None only when is_new and update=False
+    speaker_id: int | None  # None: a new voice with update=False, or a voice too short to tell
     similarity: float  # score of the nearest known speaker (scorer units, or cosine without a scorer;
     #                    -inf when the cache is empty)
     is_new: bool
+    identified_by: str = "voice"  # which key chose the person: "face", "voice", "both" or "none"
+    voice_similarity: float | None = None  # the voice's score against the chosen person (None: not scored)
+    face_distance: float | None = None  # Euclidean distance of the face to the chosen person's (None: no face)
+    note: str | None = None  # why no one was chosen (e.g. the voice was too short), for Event.degraded
 
 
 @dataclass(frozen=True)
@@ -70,9 +88,13 @@ class SpeakerInfo:
     first_seen: float  # unix time, s
     last_seen: float
     profile_version: int
+    keys: tuple[str, ...] = ()  # what the person is known by: "voice", "face", "enrolled_voice"
+    face_count: int = 0  # face descriptors folded into the face key
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        d["keys"] = list(self.keys)
+        return d
 
 
 def _unit(embedding: np.ndarray, voice_dim: int) -> np.ndarray:
@@ -116,8 +138,16 @@ class SpeakerCache:
                  max_speakers: int = DEFAULT_MAX_SPEAKERS, dims: dict[str, int] | None = None,
                  voice_dim: int = VOICE_DIM, scorer=None, merge_threshold: float | None = None,
                  auto_merge: bool = True, retention_days: float | None = None, key: str | bytes | None = None,
-                 key_file: str | Path | None = None) -> None:
+                 key_file: str | Path | None = None, face_threshold: float = FACE_THRESHOLD,
+                 min_voice_s: float = MIN_VOICE_S, named_threshold: float | None = None,
+                 named_margin: float | None = None, strict_names: bool = True) -> None:
         self.scorer = scorer
+        self.face_threshold, self.min_voice_s = float(face_threshold), float(min_voice_s)
+        self.named_threshold = float(named_threshold if named_threshold is not None else
+                                     (DEFAULT_NAMED_THRESHOLD if scorer is not None else DEFAULT_NAMED_COSINE))
+        if named_margin is None:
+            named_margin = NAMED_MARGIN if scorer is not None else NAMED_MARGIN_COSINE
+        self.named_margin, self.strict_names = float(named_margin), bool(strict_names)
         if threshold is None:
             threshold = scorer.threshold if scorer is not None else DEFAULT_THRESHOLD
         self.threshold = float(threshold)
@@ -137,7 +167,9 @@ class SpeakerCache:
         self._store = SpeakerStore(path, self.voice_dim, key=key, key_file=key_file)
         self.path = self._store.path
         self._profiles: dict[int, SpeakerProfile] = self._store.profiles()
+        self._keys: dict[int, PersonKeys] = {sid: PersonKeys.from_dict(d) for sid, d in self._store.identities().items()}
         self._index = VoiceIndex(scorer, self.voice_dim)  # in-memory matching (voice_index.py)
+        self._faces = FaceIndex()
         self._reindex()
         self._expired_at = float("-inf")
         self.expire()
@@ -170,60 +202,177 @@ class SpeakerCache:
         return self._store.conn
 
     def _reindex(self) -> None:
+        self._keys = {sid: k for sid, k in self._keys.items() if sid in self._profiles}
         self._index.rebuild(self._profiles)
+        self._faces.rebuild(self._keys)
 
     def _new_profile(self) -> SpeakerProfile:
         return SpeakerProfile(dims=dict(self.dims), voice_dim=self.voice_dim)
 
     # --- matching -----------------------------------------------------------------------------
-    def identify(self, embedding: np.ndarray, update: bool = True, now: float | None = None) -> Match:
-        """Who is speaking.
+    def identify(self, embedding: np.ndarray, update: bool = True, now: float | None = None,
+                 face: np.ndarray | None = None, voice_s: float | None = None) -> Match:
+        """Who is speaking: the face decides when one is given, else the voice.
 
         Args:
             embedding: (voice_dim,) float32 voice embedding (normalised here).
-            update: fold the embedding into the matched speaker's voice centroid and count the
-                utterance (a new speaker is created from it); False only looks.
+            update: fold the keys into the chosen person and count the utterance (a new person is
+                created); False only looks.
             now: unix time of the utterance (default: now).
+            face: (128,) descriptor of the speaking face (`face_identity.py`), or None when no face
+                was attributed (or face identity is off).
+            voice_s: seconds of speech behind the embedding; below `min_voice_s` the voice is too
+                short to tell: it never creates, moves, binds or merges anyone, and without a face
+                the speaker is unknown (speaker_id None, identified_by "none").
 
         Returns:
-            Match(speaker_id, similarity, is_new). With update=False a new voice gives speaker_id None.
+            A `Match`. With update=False a new voice or face gives speaker_id None.
         """
         e = _unit(embedding, self.voice_dim)
         now = time.time() if now is None else now
+        short = voice_s is not None and voice_s < self.min_voice_s
         if self.retention_days is not None and now - self._expired_at > 3600.0:  # days-long runs
             self.expire(now)
         with self._lock:
-            sid, sim = self._index.nearest(e)
-            if sid is not None and sim >= self.new_threshold:
-                if update:
-                    with self._store.transaction():
-                        prof = self._profiles[sid]
-                        moved = sim >= self.threshold  # (in the grey zone: attribute, do not move)
-                        if moved:
-                            prof.update({}, voice=e)
-                        # no new version: the cached parameters serve this utterance, which they
-                        # were computed for (from the earlier ones); `update_profile` bumps it
-                        self._store.write_profile(sid, prof, now, utterances=1, bump=False)
-                    if moved:
-                        self._index.remember(sid, e, prof.voice_count)
-                    if not self._index.refresh(sid, prof):  # O(D) for a known speaker, not O(N)
-                        self._reindex()
-                    sid = self._auto_merge(sid)
-                return Match(sid, sim, False)
-            if not update:
-                return Match(None, sim, True)
-            prof = self._new_profile()
-            prof.update({}, voice=e)
+            if face is not None:
+                return self._identify_face(e, np.asarray(face, np.float32).reshape(-1), short, update, now)
+            if short:
+                _, sim = self._index.nearest(e)
+                return Match(None, sim, False, "none",
+                             note=f"speaker: voice too short to tell ({voice_s:.2f} s < {self.min_voice_s:g} s)")
+            return self._identify_voice(e, update, now)
+
+    def _identify_voice(self, e: np.ndarray, update: bool, now: float) -> Match:
+        """The voice alone (no face): a verified named person, else the nearest voice cluster."""
+        sid, sim = self._index.nearest(e)
+        named = self._verify_named(e)
+        if named is not None:  # a named person is a verification target, checked before clustering
+            nsid, nscore = named
+            if update:
+                here = self._index.score_of(e, nsid)
+                self._fold_voice(nsid, e, now, move=here is not None and here >= self.new_threshold)
+                nsid = self._auto_merge(nsid)
+            return Match(nsid, sim, False, "voice", voice_similarity=nscore)
+        if sid is not None and sim >= self.new_threshold and not self._refused(sid):
+            if update:
+                self._fold_voice(sid, e, now, move=sim >= self.threshold)  # grey zone: attribute, do not move
+                sid = self._auto_merge(sid)
+            return Match(sid, sim, False, "voice", voice_similarity=sim)
+        if not update:
+            return Match(None, sim, True, "voice")
+        new = self._create(e, None, now)
+        log.info("new speaker %d (nearest similarity %.3f)", new, sim)
+        return Match(self._auto_merge(new), sim, True, "voice")
+
+    def _identify_face(self, e: np.ndarray, f: np.ndarray, short: bool, update: bool, now: float) -> Match:
+        """A face was attributed: it is the identity key; the voice binds to it (see the module docstring)."""
+        fid, fdist = self._faces.nearest(f)
+        vid, vsim = self._index.nearest(e)
+        if fid is not None and fdist <= self.face_threshold:  # a face seen before: that person
+            vs = None if short else self._index.score_of(e, fid)
+            by = "both" if vs is not None and vs >= self.threshold else "face"
+            sid = fid
+            if update:
+                with self._store.transaction():
+                    self._keys[fid].add_face(f)
+                    self._store.write_identity(fid, self._keys[fid].to_dict())
+                self._faces.rebuild(self._keys)
+                if short:
+                    self._count(fid, now)
+                else:
+                    self._fold_voice(fid, e, now, move=True)  # a voice seen with this face is theirs
+                    # two voice clusters seen with one face are one person: fold the voice-only one in
+                    if vid is not None and vid != fid and vsim >= self.threshold and vid not in self._faces \
+                            and not (self._store.name(vid) and self._store.name(fid)):
+                        self._index.merged(fid, vid, self._profiles[fid].voice_count + self._profiles[vid].voice_count)
+                        self.merge(fid, vid, scrub=False)
+                        log.info("merged voice-only speaker %d into %d: its voice came with %d's face", vid, fid, fid)
+                    sid = self._auto_merge(fid)
+            return Match(sid, vsim, False, by, voice_similarity=vs, face_distance=fdist)
+        # a face not seen before: the voice may belong to a person who has no face yet (bind)
+        bind, score = None, None
+        if not short:
+            named = self._verify_named(e)
+            if named is not None and named[0] not in self._faces:
+                bind, score = named
+            elif vid is not None and vsim >= self.threshold and vid not in self._faces and not self._refused(vid):
+                bind, score = vid, vsim
+        if not update:
+            return Match(bind, vsim, bind is None, "voice" if bind is not None else "face", voice_similarity=score)
+        if bind is not None:
             with self._store.transaction():
-                new = self._store.insert(prof, None, now, utterances=1)
-                evicted = self._store.evict(new, self.max_speakers)
-            self._profiles[new] = prof
-            for v in evicted:
-                self._profiles.pop(v, None)
-            self._index.remember(new, e, prof.voice_count)
+                self._keys.setdefault(bind, PersonKeys()).add_face(f)
+                self._store.write_identity(bind, self._keys[bind].to_dict())
+            self._faces.rebuild(self._keys)
+            self._fold_voice(bind, e, now, move=True)
+            log.info("speaker %d now has a face (voice score %.3f)", bind, score)
+            return Match(self._auto_merge(bind), vsim, False, "voice", voice_similarity=score)
+        # a new person; a voice cluster already bound to another face is split going forward
+        new = self._create(None if short else e, f, now)
+        log.info("new person %d by face (nearest face %.3f, nearest voice %.3f)", new, fdist, vsim)
+        return Match(new, vsim, True, "face", face_distance=None)
+
+    def _refused(self, sid: int) -> bool:
+        """A named (enrolled-voice) person is given only to voices that pass verification."""
+        k = self._keys.get(sid)
+        return bool(self.strict_names and k is not None and k.enrol_count)
+
+    def _verify_named(self, e: np.ndarray) -> tuple[int, float] | None:
+        """(id, score) of the enrolled person this voice verifies against: the best score against
+        the enrolled voices at least `named_threshold` and ahead of the next named person by
+        `named_margin`; else None."""
+        named = [(sid, k.enrolled_voice()) for sid, k in self._keys.items() if k.enrol_count]
+        if not named:
+            return None
+        scores = self._index.scores_against(e, np.stack([c for _, c in named]))
+        order = np.argsort(scores)[::-1]
+        best = float(scores[order[0]])
+        second = float(scores[order[1]]) if len(order) > 1 else float("-inf")
+        if best >= self.named_threshold and best - second >= self.named_margin:
+            return named[int(order[0])][0], best
+        return None
+
+    def _fold_voice(self, sid: int, e: np.ndarray, now: float, move: bool) -> None:
+        """Count an utterance of `sid`; with `move`, fold its voice into their centroid."""
+        with self._store.transaction():
+            prof = self._profiles[sid]
+            if move:
+                prof.update({}, voice=e)
+            # no new version: the cached parameters serve this utterance, which they were
+            # computed for (from the earlier ones); `update_profile` bumps it
+            self._store.write_profile(sid, prof, now, utterances=1, bump=False)
+        if move:
+            self._index.remember(sid, e, prof.voice_count)
+        if not self._index.refresh(sid, prof):  # O(D) for a known speaker, not O(N)
             self._reindex()
-            log.info("new speaker %d (nearest similarity %.3f)", new, sim)
-            return Match(self._auto_merge(new), sim, True)
+
+    def _count(self, sid: int, now: float) -> None:
+        with self._store.transaction():
+            self._store.write_profile(sid, self._profiles[sid], now, utterances=1, bump=False)
+
+    def _create(self, e: np.ndarray | None, f: np.ndarray | None, now: float) -> int:
+        """A new person from a voice and/or a face."""
+        prof = self._new_profile()
+        if e is not None:
+            prof.update({}, voice=e)
+        keys = PersonKeys()
+        if f is not None:
+            keys.add_face(f)
+        with self._store.transaction():
+            new = self._store.insert(prof, None, now, utterances=1)
+            if keys:
+                self._store.write_identity(new, keys.to_dict())
+            evicted = self._store.evict(new, self.max_speakers)
+        self._profiles[new] = prof
+        if keys:
+            self._keys[new] = keys
+        for v in evicted:
+            self._profiles.pop(v, None)
+            self._keys.pop(v, None)
+        if e is not None:
+            self._index.remember(new, e, prof.voice_count)
+        self._reindex()
+        return new
 
     def _auto_merge(self, sid: int) -> int:
         """Fold a splinter into `sid` or `sid` into another speaker (see `merge_threshold`);
@@ -231,10 +380,13 @@ class SpeakerCache:
         if not self.auto_merge:
             return sid
         counts = {s: p.voice_count for s, p in self._profiles.items()}
-        found = self._index.merge_candidate(sid, counts, self._store.named_ids(), self.merge_threshold)
+        found = self._index.merge_candidate(sid, counts, self._store.named_ids(), self.merge_threshold,
+                                            faced=self._faces.ids.tolist())
         if found is None:
             return sid
         keep, absorb, worst = found
+        if self._refused(keep) or self._refused(absorb):  # a name is given by verification only
+            return sid
         self._index.merged(keep, absorb, counts[keep] + counts[absorb])  # before: merge() re-indexes
         self.merge(keep, absorb, scrub=False)
         log.info("merged speaker %d into %d: each of its voices scores >= %.2f against it", absorb, keep, worst)
@@ -284,19 +436,35 @@ class SpeakerCache:
             self._store.put_params(speaker_id, params, profile_version)
 
     # --- management ---------------------------------------------------------------------------
-    def enroll(self, name: str, embeddings: np.ndarray | Sequence[np.ndarray], now: float | None = None) -> int:
-        """Create (or add to) the speaker called `name` from (n, voice_dim) or (voice_dim,) embeddings."""
+    def enroll(self, name: str, embeddings: np.ndarray | Sequence[np.ndarray] | None = None,
+               now: float | None = None, faces: np.ndarray | Sequence[np.ndarray] | None = None) -> int:
+        """Create (or add to) the person called `name` from their voice, their face, or both.
+
+        Args:
+            embeddings: (n, voice_dim) or (voice_dim,) voice embeddings; they join the voice
+                centroid and the enrolled voices a later voice is verified against.
+            faces: (m, 128) or (128,) face descriptors (`face_identity.py`); they join the face key.
+        """
         if not name or not name.strip():
             raise ValueError("enroll needs a non-empty name")
+        if embeddings is None and faces is None:
+            raise ValueError("enroll needs voice embeddings, face descriptors or both")
         name = name.strip()
-        embs = np.asarray(embeddings, np.float32).reshape(-1, self.voice_dim)
-        units = [_unit(e, self.voice_dim) for e in embs]
+        units = [] if embeddings is None else [
+            _unit(e, self.voice_dim) for e in np.asarray(embeddings, np.float32).reshape(-1, self.voice_dim)]
+        descs = [] if faces is None else list(np.asarray(faces, np.float32).reshape(-1, FACE_DIM))
+        if not np.isfinite(np.asarray(descs)).all():
+            raise ValueError("face descriptors must be finite")
         now = time.time() if now is None else now
         with self._lock:
             sid = self.resolve(name, missing_ok=True)
             prof = self._new_profile() if sid is None else self._profiles[sid]
+            keys = PersonKeys() if sid is None else self._keys.get(sid, PersonKeys())
             for u in units:
                 prof.update({}, voice=u)
+                keys.add_enrolled(u)
+            for d in descs:
+                keys.add_face(d)
             with self._store.transaction():
                 if sid is None:
                     sid = self._store.insert(prof, name, now, utterances=0)
@@ -304,7 +472,9 @@ class SpeakerCache:
                 else:
                     self._store.write_profile(sid, prof, now)
                     evicted = []
+                self._store.write_identity(sid, keys.to_dict())
             self._profiles[sid] = prof
+            self._keys[sid] = keys
             for v in evicted:
                 self._profiles.pop(v, None)
             self._reindex()
@@ -338,12 +508,16 @@ class SpeakerCache:
                 raise ValueError(f"cannot merge speaker {a} with itself")
             prof = self.get_profile(a)
             prof.merge(self._profiles[b])
+            keys = PersonKeys.from_dict(self._keys.get(a, PersonKeys()).to_dict())
+            keys.merge(self._keys.get(b, PersonKeys()))  # the face and enrolled voices go along
             rb = self._store.row(b)
             with self._store.transaction():
                 self._store.delete(b)
                 self._store.write_profile(a, prof, rb["last_seen"], utterances=rb["utterances"])
                 self._store.inherit(a, rb["first_seen"], rb["name"])
+                self._store.write_identity(a, keys.to_dict())
             self._profiles[a] = prof
+            self._keys[a] = keys
             del self._profiles[b]
             self._reindex()
             if scrub:
@@ -369,7 +543,13 @@ class SpeakerCache:
     def list(self) -> list[SpeakerInfo]:
         """All speakers, most recently seen first."""
         with self._lock:
-            return [SpeakerInfo(voice_count=self._profiles[r["id"]].voice_count, **r) for r in self._store.rows()]
+            out = []
+            for r in self._store.rows():
+                k, vc = self._keys.get(r["id"], PersonKeys()), self._profiles[r["id"]].voice_count
+                keys = tuple(n for n, has in (("voice", vc > 0), ("face", k.face_count > 0),
+                                             ("enrolled_voice", k.enrol_count > 0)) if has)
+                out.append(SpeakerInfo(voice_count=vc, keys=keys, face_count=k.face_count, **r))
+            return out
 
     def __len__(self) -> int:
         with self._lock:
@@ -377,7 +557,8 @@ class SpeakerCache:
 
     # --- export / import ----------------------------------------------------------------------
     def export(self, path: str | Path) -> None:
-        """Write every speaker (names, profiles, times; not cached params) to a JSON file (0600)."""
+        """Write every speaker (names, profiles, face and enrolled-voice keys, times; not cached params)
+        to a JSON file (0600): biometric data, keep it as safe as the cache."""
         with self._lock:
             rows = self._store.export_rows()
         write_export(path, rows, self.voice_dim)
@@ -389,6 +570,7 @@ class SpeakerCache:
         with self._lock:
             for s in speakers:
                 prof = SpeakerProfile.from_dict(s["profile"])
+                keys = PersonKeys.from_dict(s.get("identity"))
                 existing = self.resolve(s["name"], missing_ok=True) if s.get("name") else None
                 with self._store.transaction():
                     if existing is not None:
@@ -396,10 +578,14 @@ class SpeakerCache:
                         merged.merge(prof)
                         self._store.write_profile(existing, merged, s["last_seen"], s["utterances"])
                         sid = existing
+                        keys.merge(self._keys.get(sid, PersonKeys()))
                     else:
                         sid = self._store.insert(prof, s.get("name"), s["first_seen"], s["utterances"])
                         self._store.set_last_seen(sid, s["last_seen"])
                         self._profiles[sid] = prof
+                    if keys:
+                        self._store.write_identity(sid, keys.to_dict())
+                        self._keys[sid] = keys
                     evicted = self._store.evict(sid, self.max_speakers)
                 for v in evicted:
                     self._profiles.pop(v, None)

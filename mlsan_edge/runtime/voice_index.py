@@ -96,23 +96,42 @@ class VoiceIndex:
         best = int(np.argmax(scores))
         return int(self.ids[best]), float(scores[best])
 
+    def score_of(self, unit: np.ndarray, sid: int) -> float | None:
+        """The score of a voice against one known speaker's centroid (None: no voice centroid)."""
+        rows = np.flatnonzero(self.ids == sid)
+        if not rows.size:
+            return None
+        r = int(rows[0])
+        p, mu, sd = (a[0] for a in self.prepare(unit[None]))
+        return float(self._combine(self._proj[r:r + 1] @ p, mu, sd, self._mu[r:r + 1], self._sd[r:r + 1])[0])
+
+    def scores_against(self, unit: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+        """(k,) scores of a voice against (k, D) unit centroids that are not in the index (a named
+        person's enrolled voices), on the same scale as `nearest` (the same centre and cohort)."""
+        if not len(centroids):
+            return np.zeros(0, np.float32)
+        pc, mc, sc = self.prepare(np.asarray(centroids, np.float32))
+        p, mu, sd = (a[0] for a in self.prepare(unit[None]))
+        return np.asarray(self._combine(pc @ p, mu, sd, mc, sc), np.float32)
+
     def remember(self, sid: int, unit: np.ndarray, voice_count: int) -> None:
         """Keep a voice of a speaker who has at most MAX_EXEMPLARS of them (counting this one)."""
         if voice_count <= MAX_EXEMPLARS:
             self._exemplars.setdefault(sid, deque(maxlen=MAX_EXEMPLARS)).append(unit)
 
     def merge_candidate(self, sid: int, counts: Mapping[int, int], named: Iterable[int],
-                        threshold: float) -> tuple[int, int, float] | None:
+                        threshold: float, faced: Iterable[int] = ()) -> tuple[int, int, float] | None:
         """(keep, absorb, worst score) when `sid` and another speaker should be one: the one with
         fewer voices (all at hand) has every voice scoring >= `threshold` against the other's
-        centroid. Two named speakers never; a named one is always kept."""
-        named = set(named)
+        centroid. Two named speakers never, nor two with a face each (two faces are two people);
+        a named one is always kept."""
+        named, faced = set(named), set(faced)
         row = {int(s): i for i, s in enumerate(self.ids)}
         if sid not in row or len(row) < 2:
             return None
         best, prepared = None, {}
         for other in row:
-            if other == sid or (other in named and sid in named):
+            if other == sid or (other in named and sid in named) or (other in faced and sid in faced):
                 continue
             small, big = sorted((sid, other), key=lambda s: (counts[s], -s))
             ex = self._exemplars.get(small)
