@@ -117,9 +117,9 @@ def calibrate(emb, actor, emotion, thresholds, trials) -> tuple[float, list[dict
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ravdess"))
-    ap.add_argument("--scorer", default="/tmp/runs/teacher16/voice_scorer.npz",
-                    help="voice scorer fitted without actors 17-20 (default: the lead's teacher16 run; "
-                         "fitted here on actors 1-16 when the file is missing)")
+    ap.add_argument("--scorer", default=None,
+                    help="a voice_scorer.npz fitted without actors 17-20 (default: fitted here on actors 1-16, "
+                         "as `mlsan-edge train --actors 1-16` fits it)")
     ap.add_argument("--bundle", default=None, help="take the voice scorer from this bundle instead")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--calibrate", action="store_true", help="also sweep the named threshold on actors 1-16")
@@ -134,7 +134,7 @@ def main() -> None:
 
         scorer_src = f"bundle {a.bundle}"
         scorer = VoiceScorer.load(load_bundle(a.bundle).root / SCORER_FILE)
-    elif Path(a.scorer).exists():
+    elif a.scorer:
         scorer_src, scorer = a.scorer, VoiceScorer.load(a.scorer)
     else:
         scorer_src = "fitted here on RAVDESS actors 1-16"
