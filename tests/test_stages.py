@@ -189,3 +189,25 @@ def test_runtime_matches_predict_real(tmp_path):
     ref = train.predict(model, table, order, stats)["probs"]
     got = replay_table(stages, table, order)["probs"]
     assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_params_blob_round_trip_old_npz_and_corruption():
+    """The speaker cache's parameter blobs: exact round trip, blobs of earlier versions (.npz)
+    still read, and a truncated blob is an error rather than wrong parameters."""
+    import io
+
+    from mlsan_edge.backends.stages import Stages
+
+    rng = np.random.default_rng(0)
+    p = {"gamma_audio": rng.normal(size=(207,)), "speaker": rng.normal(size=(1, 64)), "gate": rng.normal(size=(3,))}
+    blob = Stages.params_to_bytes(p)
+    back = Stages.params_from_bytes(blob)
+    assert list(back) == list(p)
+    for k in p:
+        np.testing.assert_array_equal(back[k], np.asarray(p[k], np.float32))
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v, np.float32) for k, v in p.items()})
+    old = Stages.params_from_bytes(buf.getvalue())
+    assert all(np.array_equal(old[k], back[k]) for k in p)
+    with pytest.raises(ValueError):
+        Stages.params_from_bytes(blob[:-4])

@@ -40,7 +40,9 @@ def load_runtime(bundle: str = "default", backend: str = "auto", cache=None,
 
     b = load_bundle(bundle)  # every file hashed before any is parsed
     check_feature_contract(b)
-    stages = Stages(b, backend=backend, precision=precision)
+    # one intra-op thread per stage graph: they are tiny, and a thread pool per graph only competes
+    # with capture, VAD and the feature threads for the cores (benchmarks: `mlsan-edge bench`)
+    stages = Stages(b, backend=backend, precision=precision, threads=1)
     if int(stages.audio_dim) != AUDIO_DIM:
         raise ValueError(f"bundle {bundle!r} expects {stages.audio_dim}-d audio features but this mlsan_edge computes "
                          f"{AUDIO_DIM}-d ones; re-export the bundle with this version")

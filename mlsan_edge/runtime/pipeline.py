@@ -166,12 +166,16 @@ class Pipeline:
         degraded: list[str] = sorted(conv.degraded) + list(job.notes)
         clock = time.perf_counter
 
-        # voice tail and audio features in parallel (onnxruntime and numpy FFTs release the GIL)
+        # audio features and text (transcriber + encoder) in parallel with the voice tail and the
+        # speaker cache: none of them depends on who is speaking (onnxruntime and numpy release the GIL)
         def afeat():
             t = clock()
             return self._audio_features(job.audio), (clock() - t) * 1000
 
         fut_a = self._pool.submit(afeat)
+        text_tm: dict[str, float] = {}
+        text_notes: list[str] = []
+        fut_t = self._pool.submit(self._text, job, text_source, text_tm, text_notes)
         t = clock()
         emb = job.embedding if job.embedding is not None else self.voice.embed(job.audio)
         tm["embedding"] = (clock() - t) * 1000 + job.embed_ms
@@ -199,7 +203,9 @@ class Pipeline:
         t = clock()
         visual, face_info, face_used = self._visual(job, sid, frames, att, degraded)
         tm["face"] = tm.pop("face_frames", 0.0) + (clock() - t) * 1000
-        text_vec, text = self._text(job, text_source, tm, degraded)
+        text_vec, text = fut_t.result()
+        tm.update(text_tm)
+        degraded += text_notes
         audio_vec, tm["audio_features"] = fut_a.result()
 
         with self._model_lock:
