@@ -19,6 +19,10 @@ with AES-256-GCM; names, ids and times stay in clear. The identity column was ad
 version 1 shipped: a file without it gains it when opened (an additive change; older runtimes
 ignore it).
 
+Length: ~420 lines, a little over the ~400 guide: opening (permissions, corruption, keys,
+schema migration) and the guarded writes (disk full, secure delete) are one storage contract and
+read best together.
+
 Not thread-safe on its own: `SpeakerCache` serialises access with its lock.
 """
 
