@@ -31,6 +31,9 @@ class VoiceIndex:
         self._mu = self._sd = np.zeros(0, np.float32)
         self._exemplars: dict[int, deque] = {}  # id -> unit voices of a speaker with few voices
         self._mean, self._mean_ids = None, None  # the scorer's centre, and the speakers it came from
+        # id -> (how many voices, the centre they were prepared for, their prepare()): judging a
+        # splinter re-scores its few voices on every utterance; preparing them once is ~5x cheaper
+        self._ex_prep: dict[int, tuple] = {}
 
     def rebuild(self, profiles: Mapping[int, SpeakerProfile]) -> None:
         """Follow the profiles (after any change); a centroid is re-prepared only when it moved."""
@@ -59,6 +62,7 @@ class VoiceIndex:
         self._sd = np.array([self._prep[i][3] for i in ids], np.float32)
         self._exemplars = {sid: ex for sid, ex in self._exemplars.items()
                            if sid in profiles and profiles[sid].voice_count <= MAX_EXEMPLARS}
+        self._ex_prep = {sid: v for sid, v in self._ex_prep.items() if sid in self._exemplars}
 
     def refresh(self, sid: int, profile: SpeakerProfile) -> bool:
         """Follow one known speaker's changed profile in O(D), as `rebuild` would (the set of
@@ -129,7 +133,7 @@ class VoiceIndex:
         row = {int(s): i for i, s in enumerate(self.ids)}
         if sid not in row or len(row) < 2:
             return None
-        best, prepared = None, {}
+        best = None
         for other in row:
             if other == sid or (other in named and sid in named) or (other in faced and sid in faced):
                 continue
@@ -137,9 +141,7 @@ class VoiceIndex:
             ex = self._exemplars.get(small)
             if not ex or len(ex) < counts[small]:
                 continue  # only a speaker whose every voice is at hand can be judged
-            if small not in prepared:
-                prepared[small] = self.prepare(np.stack(ex))
-            p, mu, sd = prepared[small]
+            p, mu, sd = self._prepared_voices(small, ex)
             b = row[big]
             worst = float(np.min(self._combine(p @ self._proj[b], mu, sd, self._mu[b], self._sd[b])))
             if worst >= threshold and (best is None or worst > best[0]):
@@ -150,10 +152,20 @@ class VoiceIndex:
         keep, absorb = (small, big) if small in named else (big, small)
         return keep, absorb, worst
 
+    def _prepared_voices(self, sid: int, voices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`prepare` of a small speaker's remembered voices, kept until they or the centre change."""
+        hit = self._ex_prep.get(sid)
+        if hit is None or hit[0] != len(voices) or hit[1] is not self._mean:
+            hit = (len(voices), self._mean, self.prepare(np.stack(voices)))
+            self._ex_prep[sid] = hit
+        return hit[2]
+
     def merged(self, keep: int, absorb: int, voice_count: int) -> None:
         """`absorb` is being merged into `keep`, which will have `voice_count` voices: its
         remembered voices move to `keep` (call before the profiles change and `rebuild`)."""
         kept = list(self._exemplars.get(keep, ())) + list(self._exemplars.pop(absorb, ()))
+        self._ex_prep.pop(keep, None)
+        self._ex_prep.pop(absorb, None)
         if voice_count <= MAX_EXEMPLARS:
             self._exemplars[keep] = deque(kept, maxlen=MAX_EXEMPLARS)
         else:
