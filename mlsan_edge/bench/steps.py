@@ -80,8 +80,7 @@ def bench_text(clips, runs: int, warmup: int, threads: int, progress=None) -> np
 def bench_face(runs: int, warmup: int, progress=None) -> tuple[np.ndarray, str]:
     """Per frame: detection (Haar) and, with a TFLite interpreter, Face Mesh landmarks."""
     from mlsan_edge.bench.data import face_image
-
-    FaceAnalyzer = _first_attr(("mlsan_edge.runtime.face_tracking", "mlsan_edge.runtime.face"), "FaceAnalyzer")
+    from mlsan_edge.runtime.face_tracking import FaceAnalyzer
 
     img, what = face_image()
     with warnings.catch_warnings():
@@ -89,18 +88,6 @@ def bench_face(runs: int, warmup: int, progress=None) -> tuple[np.ndarray, str]:
         fa = FaceAnalyzer("auto")
     what += "; landmarks: " + ("Face Mesh (TFLite)" if fa.has_landmarks else "none (no TFLite interpreter: detection only)")
     return time_calls(lambda i: fa.analyze(i * 0.1, img), runs, warmup, progress), what
-
-
-def _first_attr(modules: tuple[str, ...], name: str):
-    """`name` from the first of `modules` that has it (the runtime's face modules were split in #8)."""
-    import importlib
-
-    for m in modules:
-        try:
-            return getattr(importlib.import_module(m), name)
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError(f"none of {modules} defines {name}")
 
 
 # --- speaker cache ------------------------------------------------------------------------------
