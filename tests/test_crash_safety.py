@@ -4,20 +4,14 @@ then one process enrolling while another matches voices on the same file."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "crash_safety.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def crash_safety():
-    spec = importlib.util.spec_from_file_location("crash_safety", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("crash_safety")
 
 
 @pytest.mark.slow

