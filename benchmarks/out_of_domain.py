@@ -115,8 +115,8 @@ def main() -> None:
     res = {"code": str(Path(mlsan_edge.__file__).parent), "bundle": a.bundle, "seed": a.seed, "corpora": {}}
     with tempfile.TemporaryDirectory() as tmp:
         mp4 = Path(tmp) / "talking.mp4"
-        segs = [dict(s, emotion=e) for s, (_, e) in zip(build_stream(talking_items(a.seed), mp4),
-                                                        talking_items(a.seed))]
+        items = talking_items(a.seed)
+        segs = [dict(s, emotion=e) for s, (_, e) in zip(build_stream(items, mp4), items)]
         for cond, video in (("audio", None), ("audio+video", f"file://{mp4}")):
             events = run(f"file://{mp4}", video, a.bundle)
             for corpus, keep in (("GRID (neutral read speech, 6 speakers)", lambda s: s["file"].endswith(".mpg")),

@@ -137,12 +137,12 @@ def score(events, segs) -> dict:
 
     pairs = [(p, s) for p, s in match(events, segs) if p is not None]
     truth = [p for p, _ in pairs]
-    ids = [-1 if s is None else s for _, s in pairs]
-    pur, cov = purity_coverage(np.asarray(truth), np.asarray(ids))
+    ids = [s for _, s in pairs]  # None: left unknown (a singleton for purity_coverage)
+    pur, cov = purity_coverage(truth, ids)
     tot = [e.timings_ms.get("total_after_end", np.nan) for e in events]
-    return {"utterances": len(events), "clips": len(segs), "persons": len({s for s in ids if s != -1}),
+    return {"utterances": len(events), "clips": len(segs), "persons": len({s for s in ids if s is not None}),
             "true_persons": len(set(truth)), "purity": round(float(pur), 4), "coverage": round(float(cov), 4),
-            "unknown": int(sum(s == -1 for s in ids)),
+            "unknown": int(sum(s is None for s in ids)),
             "identified_by": dict(Counter(e.identified_by for e in events)),
             "total_after_end_ms": {"median": round(float(np.nanmedian(tot)), 1),
                                    "p95": round(float(np.nanpercentile(tot, 95)), 1)},

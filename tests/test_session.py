@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import SHARED_DATA
 from fake_stages import FakeStages
 from mlsan_edge.config import EMOTIONS, TEXT_DIM, VISUAL_DIM
 from mlsan_edge.features.audio import AUDIO_DIM
@@ -270,15 +270,12 @@ def test_end_to_end_grid_six_speakers_with_the_default_speaker_matching():
 def test_person_identity_acceptance_seven_persons_from_grid_and_cremad(tmp_path):
     """Issue #10: every shared GRID sentence and the six CREMA-D 1001 emotions, shuffled (seed 0),
     1 s gaps, audio + video, fresh cache: exactly 7 persons, purity and coverage >= 0.95."""
-    import importlib.util
-
+    from conftest import load_script
     from mlsan_edge.runtime.face_identity import available
 
     if not available():
         pytest.skip("face identity needs mlsan-edge[face-id]")
-    spec = importlib.util.spec_from_file_location("person_identity", REPO / "benchmarks" / "person_identity.py")
-    pi = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pi)
+    pi = load_script("person_identity")
     items = pi.clips(SHARED_DATA / "talking")
     if len(items) != 19:
         pytest.skip("the shared GRID/CREMA-D clips are not all there")
