@@ -1,134 +1,96 @@
 """Out of domain: the device path on speech the model never trained on (issue #9's check).
 
-Two streams through `load_runtime(bundle).stream(...)` with a fresh speaker cache each:
+The same code as `mlsan-edge eval --dataset clips` (`mlsan_edge.runtime.clip_eval.evaluate_clips`):
+each corpus's clips, in list order, joined with 1 s gaps into one stream and run through
+`load_runtime(bundle).stream(...)` with a fresh in-memory speaker cache; events matched to clips by
+time overlap (the event overlapping a clip most is its answer; no event counts as wrong).
 
-* talking: every shared GRID sentence (read speech, neutral; six speakers) and the six CREMA-D 1001
-  utterances (one actor, six emotions), shuffled (seed 0) and joined with 1 s gaps into one mp4
-  (`person_identity.build_stream`), audio only and audio + video;
-* emospeech: short commands of EmoSpeech users recorded outside a studio (not a training corpus
-  of the default bundle), `--emospeech N` clips of distinct users (seeded), 1 s gaps, audio only.
+* GRID-13: the shipped list `talking_grid13` (the 13 shared GRID sentences, neutral read speech,
+  six speakers), audio only and audio + video;
+* CREMA-D 1001: `talking_cremad1001` (one actor, six emotions), audio only and audio + video;
+* EmoSpeech: `--emospeech N` clips (default 150) of the evaluation users
+  (`mlsan_edge.data.emospeech.emospeech_eval_speaker`, never trained on), round-robin over the 24
+  users (`mlsan_edge.data.clip_lists.emospeech_rows`, seeded), audio only.
 
-Events are matched to clips by time overlap. Reported per corpus and condition: clips, events,
-emotion accuracy over clips (7 classes), the share of predictions that are neutral (against the
-truth's share), and the mean top probability of right and of wrong answers.
+Reported per corpus and condition: clips, events, clips_with_event, accuracy over clips (7
+classes), macro F1, neutral_rate (share of answers that are neutral) against truth_neutral_rate,
+mean confidence of right and of wrong answers, ECE (15 bins) and the OOD-flag rate when events
+carry one.
 
-    python benchmarks/out_of_domain.py [--bundle default] [--emospeech 120] [--json OUT]
+    python benchmarks/out_of_domain.py [--bundle default] [--emospeech 150] [--seed 0] [--json OUT]
 
-Runs on the installed mlsan_edge (`PYTHONPATH=OLD_CHECKOUT` measures an earlier one for a "before").
-Writes benchmarks/results/out_of_domain.json.
+Writes benchmarks/results/out_of_domain.json. `out_of_domain_clips_before.json` is this protocol on
+the code before issue #9's fixes (eab5309, `PYTHONPATH=<that tree + the clip-eval modules>`);
+`out_of_domain_before.json` the earlier protocol (GRID and CREMA-D shuffled into one stream, 120
+EmoSpeech clips of distinct users; code 3e8e936).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import tempfile
-import warnings
+import time
 from pathlib import Path
 
-import numpy as np
-
-from person_identity import DATA, build_stream, clips  # benchmarks/person_identity.py
-
-SHARED = DATA.parent  # ../shared/data
-CREMA = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "joy", "NEU": "neutral", "SAD": "sadness"}
-
-
-def talking_items(seed: int) -> list[tuple[Path, str]]:
-    """(file, true emotion): GRID is neutral read speech, CREMA-D's emotion is in the file name."""
-    items = [(p, "neutral" if p.suffix == ".mpg" else CREMA[p.name.split("_")[2]]) for p, _ in clips()]
-    return [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+KEEP = ("clips", "events", "clips_with_event", "accuracy", "macro_f1", "neutral_rate", "event_neutral_rate",
+        "neutral_by_utterance", "truth_neutral_rate",
+        "confidence_right", "confidence_wrong", "ece", "ood_rate", "face_used", "predicted", "per_speaker", "seconds")
+GRID = "GRID-13 (neutral read speech, 6 speakers)"
+CREMA = "CREMA-D 1001 (6 emotions)"
+EMOSPEECH = "EmoSpeech eval speakers (users outside a studio, 4 emotions)"
 
 
-def emospeech_stream(n: int, seed: int, out: Path) -> list[dict]:
-    """`n` EmoSpeech clips of distinct users, joined with 1 s of silence into a FLAC at `out`."""
-    import soundfile as sf
+def emospeech_clips(root: Path, n: int, seed: int) -> list:
+    """`n` clips of EmoSpeech's evaluation users as `Clip`s (round-robin over the users)."""
+    from mlsan_edge.data.clip_lists import emospeech_rows
+    from mlsan_edge.runtime.clip_list import Clip
 
-    from mlsan_edge.features.audio import load_audio
-
-    root = SHARED / "emospeech"
-    with open(root / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    rng = np.random.default_rng(seed)
-    by_user: dict[str, list[dict]] = {}
-    for r in rows:
-        by_user.setdefault(r["speaker"], []).append(r)
-    users = rng.permutation(sorted(by_user))
-    picks = [by_user[u][int(rng.integers(len(by_user[u])))] for u in users]
-    picks = (picks * (n // max(len(picks), 1) + 1))[:n]
-    gap = np.zeros(16000, np.float32)
-    parts, segs, t = [gap], [], 1.0
-    for r in picks:
-        a = load_audio(root / r["file"])
-        segs.append({"file": r["file"], "person": r["speaker"], "emotion": r["emotion"], "start": t, "end": t + len(a) / 16000})
-        parts += [a, gap]
-        t += len(a) / 16000 + 1.0
-    sf.write(out, np.concatenate(parts), 16000)
-    return segs
+    return [Clip(root / p, s, e, where=f"emospeech {p}") for p, s, e in emospeech_rows(root, n, seed)]
 
 
-def run(uri: str, video: str | None, bundle: str) -> list:
-    from mlsan_edge.runtime import load_runtime
+def corpora(shared: Path, n_emospeech: int, seed: int) -> dict[str, tuple[list, tuple[str, ...]]]:
+    """corpus -> (clips, conditions)."""
+    from mlsan_edge.runtime.clip_list import read_clip_list
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with load_runtime(bundle) as rt:
-            return list(rt.stream(audio=uri, video=video))
+    talking = shared / "talking"
+    return {GRID: (read_clip_list("talking_grid13", talking), ("audio", "audio+video")),
+            CREMA: (read_clip_list("talking_cremad1001", talking), ("audio", "audio+video")),
+            EMOSPEECH: (emospeech_clips(shared / "emospeech", n_emospeech, seed), ("audio",))}
 
 
-def score(events, segs) -> dict:
-    """Accuracy over clips (the event overlapping each clip most), neutral rate, confidence."""
-    best: dict[int, tuple[float, object]] = {}
-    for e in events:
-        ov = [min(e.end_s, s["end"]) - max(e.start_s, s["start"]) for s in segs]
-        k = int(np.argmax(ov))
-        if ov[k] > 0 and ov[k] > best.get(k, (0.0, None))[0]:
-            best[k] = (ov[k], e)
-    right, conf_right, conf_wrong, neutral = 0, [], [], 0
-    for k, (_, e) in best.items():
-        p = max(e.probs.values())
-        ok = e.emotion == segs[k]["emotion"]
-        right += ok
-        (conf_right if ok else conf_wrong).append(p)
-        neutral += e.emotion == "neutral"
-    n = len(segs)
-    return {"clips": n, "events": len(events), "clips_with_event": len(best),
-            "accuracy": round(100 * right / n, 1),
-            "neutral_rate": round(100 * neutral / max(len(best), 1), 1),
-            "truth_neutral_rate": round(100 * sum(s["emotion"] == "neutral" for s in segs) / n, 1),
-            "confidence_right": round(float(np.mean(conf_right)), 3) if conf_right else None,
-            "confidence_wrong": round(float(np.mean(conf_wrong)), 3) if conf_wrong else None,
-            "predicted": {c: sum(e.emotion == c for _, e in best.values()) for c in sorted({e.emotion for _, e in best.values()})}}
+def measure(clips: list, condition: str, bundle: str) -> dict:
+    from mlsan_edge.runtime.clip_eval import evaluate_clips
+
+    r = evaluate_clips(clips, bundle, face="none" if condition == "audio" else "auto", gap_s=1.0, progress=False)
+    if condition != "audio" and not r["video"]:
+        raise RuntimeError("audio+video asked, but the runtime has no face path (pip install 'mlsan-edge[face]')")
+    return {k: r[k] for k in KEEP if k in r}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default="default")
-    ap.add_argument("--emospeech", type=int, default=120, help="EmoSpeech clips (distinct users first)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "out_of_domain.json"))
+    ap.add_argument("--emospeech", type=int, default=150, help="EmoSpeech clips (round-robin over the eval users)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the EmoSpeech pick")
+    ap.add_argument("--data", default=str(SHARED), help="folder holding talking/ and emospeech/")
+    ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "out_of_domain.json"))
     a = ap.parse_args()
 
     import mlsan_edge
+    from mlsan_edge.bundle import load_bundle
 
-    res = {"code": str(Path(mlsan_edge.__file__).parent), "bundle": a.bundle, "seed": a.seed, "corpora": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        mp4 = Path(tmp) / "talking.mp4"
-        items = talking_items(a.seed)
-        segs = [dict(s, emotion=e) for s, (_, e) in zip(build_stream(items, mp4), items)]
-        for cond, video in (("audio", None), ("audio+video", f"file://{mp4}")):
-            events = run(f"file://{mp4}", video, a.bundle)
-            for corpus, keep in (("GRID (neutral read speech, 6 speakers)", lambda s: s["file"].endswith(".mpg")),
-                                 ("CREMA-D 1001 (6 emotions)", lambda s: s["file"].endswith(".flv"))):
-                res["corpora"].setdefault(corpus, {})[cond] = score(events, [s for s in segs if keep(s)])
-        flac = Path(tmp) / "emospeech.flac"
-        esegs = emospeech_stream(a.emospeech, a.seed, flac)
-        res["corpora"]["EmoSpeech (users outside a studio, 4 emotions)"] = {"audio": score(run(f"file://{flac}", None, a.bundle), esegs)}
-    for corpus, conds in res["corpora"].items():
-        for cond, r in conds.items():
-            print(f"{corpus:48s} {cond:12s} acc {r['accuracy']:5.1f}%  neutral {r['neutral_rate']:5.1f}% "
-                  f"(truth {r['truth_neutral_rate']:.0f}%)  conf right/wrong {r['confidence_right']}/{r['confidence_wrong']}")
+    b = load_bundle(a.bundle, verify=False)
+    res = {"code": str(Path(mlsan_edge.__file__).parent), "bundle": a.bundle, "bundle_name": b.manifest.name,
+           "bundle_provenance": {k: v for k, v in b.manifest.provenance.items() if k in ("git_commit", "date")},
+           "seed": a.seed, "gap_s": 1.0, "date": time.strftime("%Y-%m-%d"), "corpora": {}}
+    for corpus, (clips, conditions) in corpora(Path(a.data), a.emospeech, a.seed).items():
+        for cond in conditions:
+            r = res["corpora"].setdefault(corpus, {})[cond] = measure(clips, cond, a.bundle)
+            print(f"{corpus:62s} {cond:12s} n {r['clips']:3d}  acc {r['accuracy']:5.1f}%  neutral "
+                  f"{r['neutral_rate']:5.1f}% (truth {r['truth_neutral_rate']:.0f}%)  conf right/wrong "
+                  f"{r['confidence_right']}/{r['confidence_wrong']}  ECE {r['ece']:.3f}", flush=True)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
 

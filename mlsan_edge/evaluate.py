@@ -84,6 +84,9 @@ def evaluate(bundle: str | Path, dataset: str, data: str | Path, split: str = "d
     else the bundle's student graphs."""
     from mlsan_edge.data.replay import stream_order
 
+    if dataset == "clips":  # the offline side never imports the runtime, which runs them
+        raise ValueError("clip lists run through the device path: mlsan_edge.runtime.clip_eval.evaluate_clips "
+                         "(`mlsan-edge eval --dataset clips --data LIST.csv`)")
     backend, precision, stages = _backend_choice(bundle, backend, precision, model)
     if stages is None:
         from mlsan_edge.train import predict

@@ -1,4 +1,4 @@
-"""Classification and clustering metrics in numpy (no scikit-learn on the device) and the
+"""Classification, calibration and clustering metrics in numpy (no scikit-learn on the device) and the
 confusion-matrix plot."""
 
 from __future__ import annotations
@@ -53,6 +53,25 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str] | tuple[st
         "support": {c: int(s) for c, s in zip(classes, support)},
         "confusion": cm.tolist(),
     }
+
+
+def calibration_error(confidence, correct, bins: int = 15) -> float:
+    """Expected calibration error: the mean |accuracy - confidence| over `bins` equal-width
+    confidence bins, weighted by the share of items in each (0 = calibrated; 0.0 for no items).
+
+    Args:
+        confidence: (n,) the probability given to each answer, in [0, 1].
+        correct: (n,) whether each answer was right.
+    """
+    conf = np.clip(np.asarray(confidence, np.float64).reshape(-1), 0.0, 1.0)
+    ok = np.asarray(correct, np.float64).reshape(-1)
+    if conf.shape != ok.shape:
+        raise ValueError(f"confidence and correct differ in length: {conf.size} vs {ok.size}")
+    if conf.size == 0:
+        return 0.0
+    b = np.minimum((conf * bins).astype(np.int64), bins - 1)  # [k/bins, (k+1)/bins); 1.0 in the last bin
+    gap = np.abs(np.bincount(b, ok, bins) - np.bincount(b, conf, bins))  # per bin: |sum(ok) - sum(conf)|
+    return float(gap.sum() / conf.size)
 
 
 def plot_confusion(cm: np.ndarray | list, classes, path: str | Path, title: str = "") -> Path:

@@ -64,3 +64,16 @@ def test_purity_coverage_counts_unknown_speakers_as_singletons():
     pur, cov = purity_coverage(["a", "a", "a", "b", "b"], [1, 1, None, 2, 2])
     assert pur == 1.0 and cov == 0.8
     assert purity_coverage(["a", "b"], [None, None]) == (1.0, 1.0)
+
+
+def test_calibration_error_bins_and_edges():
+    from mlsan_edge.metrics import calibration_error
+
+    assert calibration_error([], []) == 0.0
+    assert calibration_error([1.0, 1.0], [True, True]) == pytest.approx(0.0)  # 1.0 falls in the last bin
+    assert calibration_error([0.9, 0.9], [False, False]) == pytest.approx(0.9)
+    # two bins: 0.25 -> half right (|0.5 - 0.25|), 0.95 -> all right (|1 - 0.95|), each half the items
+    ece = calibration_error([0.25, 0.25, 0.95, 0.95], [1, 0, 1, 1], bins=15)
+    assert ece == pytest.approx(0.5 * 0.25 + 0.5 * 0.05)
+    with pytest.raises(ValueError, match="differ in length"):
+        calibration_error([0.5], [1, 0])

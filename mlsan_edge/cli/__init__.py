@@ -26,6 +26,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     res = run_training(data=Path(a.data), out=Path(a.out), config=a.config, epochs=a.epochs, seed=a.seed,
                        actors=_parse_actors(a.actors), use_meld=not a.no_meld, use_ravdess=not a.no_ravdess,
+                       use_emospeech=not a.no_emospeech, augment_copies=a.augment,
                        text_encoder=a.text_encoder, ensemble=a.ensemble)
     print(json.dumps(res, indent=2))
     return 0
@@ -41,6 +42,15 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
+    if a.dataset == "clips":  # any labelled clips, through the device path (runtime/clip_eval.py)
+        from mlsan_edge.runtime.clip_eval import evaluate_clips, summary
+
+        res = evaluate_clips(a.data, a.bundle, backend=a.backend, precision=a.precision, face=a.face, gap_s=a.gap,
+                             root=a.root, seed=a.seed, shuffle=a.shuffle, json_out=a.json)
+        print(json.dumps(summary(res), indent=2))
+        if a.json:
+            print(f"wrote {a.json}" + (f" and {res['confusion_png']}" if "confusion_png" in res else ""), file=sys.stderr)
+        return 0
     from mlsan_edge.evaluate import evaluate
 
     res = evaluate(a.bundle, a.dataset, a.data, split=a.split, stream=a.stream, json_out=a.json, seed=a.seed,
@@ -62,7 +72,8 @@ def cmd_crossval(a: argparse.Namespace) -> int:
         raise ValueError(f"unknown ablation {unknown}; valid: {', '.join(ABLATIONS)}")
     res = run_crossval(Path(a.data), variants=variants, folds=a.folds, seeds=[int(s) for s in a.seeds.split(",")],
                        config=a.config, epochs=a.epochs, text_dropout=a.text_dropout, ensemble=a.ensemble,
-                       json_out=Path(a.json) if a.json else None)
+                       json_out=Path(a.json) if a.json else None,
+                       only_folds=[int(k) for k in a.only_folds.split(",")] if a.only_folds else None)
     print(json.dumps(res["summary"], indent=2))
     return 0
 
@@ -167,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train ML-SAN on RAVDESS + MELD (needs the [train] extra)",
+    t = sub.add_parser("train", help="train ML-SAN on RAVDESS + EmoSpeech + MELD (needs the [train] extra)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--data", default=_default_data(), help="folder holding ravdess/ and meld/ (as ../shared/data)")
     t.add_argument("--out", required=True, help="checkpoint folder to write (model.safetensors + model.json)")
@@ -176,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--actors", default=None, help="RAVDESS actors to train on, e.g. '1-16' or '1,3,5' (default all)")
     t.add_argument("--no-meld", action="store_true", help="train on RAVDESS only")
-    t.add_argument("--no-ravdess", action="store_true", help="train on MELD only")
+    t.add_argument("--no-ravdess", action="store_true", help="train without RAVDESS")
+    t.add_argument("--no-emospeech", action="store_true",
+                   help="train without EmoSpeech's training users (data/emospeech; CC BY-NC-SA 4.0)")
+    t.add_argument("--augment", type=int, default=1, metavar="N",
+                   help="channel-augmented copies of every acted clip (microphone, room, noise, codec; 0: none)")
     t.add_argument("--text-encoder", default=None, help="text encoder ONNX (default: the default bundle's)")
     t.add_argument("--ensemble", type=int, default=None, help="seeds averaged in the teacher (default 3; student 1)")
     t.set_defaults(func=cmd_train)
@@ -196,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="causal, speaker-disjoint evaluation; writes JSON + confusion PNG",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     e.add_argument("--bundle", default="default", help="bundle folder, checkpoint folder, or 'default'")
-    e.add_argument("--dataset", required=True, help="ravdess or meld")
-    e.add_argument("--data", required=True, help="RAVDESS folder (audio16k/ + visual_au35.csv) or MELD folder")
+    e.add_argument("--dataset", required=True, help="ravdess, meld, or clips (a labelled clip list run through "
+                   "the device path: mlsan_edge/assets/clips/README.md)")
+    e.add_argument("--data", required=True, help="RAVDESS folder (audio16k/ + visual_au35.csv), MELD folder, or "
+                   "clips: a CSV (path, speaker, emotion[, start, end]) or a shipped list's name")
     e.add_argument("--split", default="dev", help="MELD split: dev or test")
     e.add_argument("--stream", action="store_true", help="RAVDESS: each actor's clips in seeded shuffled order")
     e.add_argument("--seed", type=int, default=0, help="seed of the --stream order")
@@ -212,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RAVDESS: only these actors, e.g. 17-20 or 1,3,5 (default: every actor under --data)")
     e.add_argument("--modalities", default="text,audio,visual",
                    help="what the model may see, e.g. 'audio' for what `mlsan-edge run` sees without camera or text")
+    e.add_argument("--root", default=None, help="clips: the folder the list's paths are relative to (default: its own)")
+    e.add_argument("--face", default="auto", choices=["auto", "none"],
+                   help="clips: 'auto' runs video clips' frames through the face path; 'none': audio only")
+    e.add_argument("--gap", type=float, default=1.0, help="clips: seconds of silence between clips")
+    e.add_argument("--shuffle", action="store_true", help="clips: run them in a --seed shuffled order")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("crossval", help="leave-actors-out cross-validation and ablations (RAVDESS + MELD dev)",
@@ -225,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--text-dropout", type=float, default=None, help="override the model's text-input dropout")
     c.add_argument("--ensemble", type=int, default=None, help="override the teacher's number of seeds (default 3)")
     c.add_argument("--json", default=None, help="write every run and the summary here")
+    c.add_argument("--only-folds", default=None, metavar="K,K",
+                   help="run only these folds (0-based), e.g. to share the folds between processes or machines")
     c.set_defaults(func=cmd_crossval)
 
     f = sub.add_parser("finetune-text", help="fine-tune the MiniLM text encoder on MELD (torch)",
