@@ -120,6 +120,7 @@ def test_tiny_run_json_shape(tmp_path, monkeypatch):
     assert set(r["speech_end_to_event"]) == set(STAT_KEYS)
     assert r["ratios"]["fusion_int8_vs_teacher_torch"] > 0  # the value is a benchmark's business
     assert "pipeline_vs_naive" in r["ratios"]
+    assert set(r["end_to_end_no_speculation"]) == set(STAT_KEYS) and "pipeline_vs_naive_no_speculation" in r["ratios"]
     assert {"cpu", "cores"} <= set(r["machine"]) and "onnxruntime" in r["libraries"]
     assert len(r["outputs"]["plots"]) == 3 and all(p.endswith(".png") for p in r["outputs"]["plots"])
     assert (tmp_path / "b.md").exists()

@@ -82,3 +82,26 @@ def test_pipeline_process_one_job_and_conversation_history():
         assert rt.stages.seen_same_prev == [False, True] and len(conv.history) == 2
     with pytest.raises(RuntimeError, match="closed"):
         rt.step()
+
+
+def test_event_confidence_is_the_calibrated_top_probability_and_ood_is_reported():
+    from mlsan_edge.confidence import Confidence, temper
+
+    with runtime() as rt:
+        raw = rt.pipeline.process(rt.pipeline.conversation(), Job(speech(), 0.0, 1.0, t_end=0.0))
+        assert raw.confidence == pytest.approx(max(raw.probs.values())) and raw.ood == {}
+        rt.stages.confidence = Confidence(2.0, {"audio": {"p99": 5.0}, "visual": {"p99": 1.0}})
+        ev = rt.pipeline.process(rt.pipeline.conversation(), Job(speech(), 2.0, 3.0, t_end=0.0))
+        p = np.array([raw.probs[c] for c in rt.pipeline.classes])
+        assert [ev.probs[c] for c in rt.pipeline.classes] != pytest.approx(list(p))  # tempered
+        assert ev.confidence == pytest.approx(max(ev.probs.values()))
+        assert ev.emotion == raw.emotion and set(ev.ood) == {"audio"} and ev.ood["audio"] > 0
+        assert '"ood":{"audio":' in ev.to_json() and type(ev).from_json(ev.to_json()).ood == pytest.approx(ev.ood, abs=1e-3)
+        # a visual vector far from the training faces is not used, and the event says why
+        degraded: list[str] = []
+        far = np.full(rt.pipeline.dims["visual"], 50.0, np.float32)
+        visual, ood = rt.pipeline._ood(np.zeros(rt.pipeline.dims["audio"], np.float32), far, degraded)
+        assert visual is None and ood["visual"] > 1.5 and "unlike the training faces" in degraded[0]
+        near = np.zeros(rt.pipeline.dims["visual"], np.float32)
+        assert rt.pipeline._ood(None, near, [])[0] is near
+    assert temper(p, 2.0).max() < p.max()

@@ -127,6 +127,35 @@ def test_segmenter_rules_on_scripted_probabilities():
     assert u.end_s == pytest.approx(25 * c)
 
 
+def test_settled_is_the_utterance_the_silence_will_close():
+    """Once the silence is speech_pad_ms old the utterance's audio is fixed: `settled()` is then
+    exactly what the close returns, and None again when speech resumes (runtime/speculation.py)."""
+    c = CHUNK_SAMPLES / SR
+    # speech, a 6-chunk dip (settles after 4 chunks, then speech resumes), speech, silence
+    probs = [0.0] * 5 + [0.9] * 10 + [0.1] * 6 + [0.9] * 10 + [0.0] * 20
+    seg = Segmenter(VADConfig(), vad=Scripted(probs))
+    audio = np.arange(len(probs) * CHUNK_SAMPLES, dtype=np.float32)
+    settled, closed = [], []
+    for i in range(len(probs)):
+        u = seg.process(audio[i * CHUNK_SAMPLES:(i + 1) * CHUNK_SAMPLES])
+        if u is not None:
+            closed.append((i, u))
+        settled.append(seg.settled())
+    pad = int(np.ceil(0.1 / c))  # chunks until the end padding is in
+    assert [i for i, u in enumerate(settled) if u is not None] == \
+        [*range(15 + pad - 1, 21), *range(31 + pad - 1, closed[0][0])]
+    (i, u), = closed
+    for early in settled[31 + pad - 1:i]:
+        assert (early.start_s, early.end_s) == (u.start_s, u.end_s) and early.forced_split == u.forced_split
+        np.testing.assert_array_equal(early.audio, u.audio)
+    assert settled[20].end_s == pytest.approx(15 * c + 0.1) and settled[20].start_s == u.start_s
+    assert seg.settled() is None  # closed: nothing open
+    # shorter than min_speech: nothing to settle; and flush() closes without end padding: not "settled"
+    seg = Segmenter(VADConfig(), vad=Scripted([0.0] * 5 + [0.9] * 5 + [0.0] * 8))
+    seg.feed(np.ones(18 * CHUNK_SAMPLES, np.float32))
+    assert seg.in_speech and seg.settled() is None
+
+
 def test_feed_accepts_any_block_length():
     wav = load_audio(FIXTURE)
     whole = segment(wav)

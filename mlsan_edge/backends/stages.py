@@ -25,6 +25,7 @@ import numpy as np
 from mlsan_edge.backends.select import create_backend
 from mlsan_edge.bundle import Bundle, load_bundle
 from mlsan_edge.config import MODALITIES
+from mlsan_edge.confidence import CONFIDENCE_FILE, Confidence
 from mlsan_edge.profile import GlobalStats
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,9 @@ class Stages:
         if GLOBAL_STATS_FILE not in self.bundle.manifest.files:
             raise ValueError(f"bundle {self.bundle.root} has no {GLOBAL_STATS_FILE}: re-export it with `mlsan-edge export`")
         self.global_stats = GlobalStats.from_dict(json.loads(path.read_text()))
+        # temperature and training distances (identity for a bundle exported before issue #9)
+        self.confidence = Confidence.load(self.bundle.root / CONFIDENCE_FILE) \
+            if CONFIDENCE_FILE in self.bundle.manifest.files else Confidence()
 
     def _pick_model(self, model: str) -> str:
         have = [m for m in MODELS if self.bundle.variants(f"{m}.stage3")]

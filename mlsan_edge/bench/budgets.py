@@ -14,14 +14,18 @@ HEADROOM = 1.5
 BUDGETS_LIVE_IN = "mlsan_edge/runtime/budgets.py: Budgets (RuntimeConfig.budgets)"
 
 # runtime budget -> where a bench result measures it, first found wins: the real-time stream's
-# own step timings (what the budget tracker sees), then the step's micro-benchmark
+# own step timings (what the budget tracker sees), then the step's micro-benchmark. For the voice
+# tail, audio features and text the stream without speculation comes first: with it they are
+# mostly done before the end, but an utterance the hangover work missed (speech resumed, a split,
+# the end of a stream) pays them in full, and a budget must hold for it
+NOSPEC = "end_to_end_no_speculation_steps"
 SOURCES = {
     "vad": (("stages", "vad"),),
-    "embedding": (("end_to_end_steps", "embedding"), ("stages", "embedding_3s")),
+    "embedding": ((NOSPEC, "embedding"), ("end_to_end_steps", "embedding"), ("stages", "embedding_3s")),
     "cache": (("end_to_end_steps", "cache"), ("stages", "cache_lookup_1000")),
-    "audio_features": (("end_to_end_steps", "audio_features"), ("stages", "audio_features")),
+    "audio_features": ((NOSPEC, "audio_features"), ("end_to_end_steps", "audio_features"), ("stages", "audio_features")),
     "face": (("stages", "face"),),
-    "text": (("end_to_end_steps", "text"), ("stages", "text")),
+    "text": ((NOSPEC, "text"), ("end_to_end_steps", "text"), ("stages", "text")),
     "stage1": (("stages", "stage1"),),
     "stage2": (("stages", "stage2"),),
     "stage3": (("stages", "stage3"),),

@@ -13,7 +13,8 @@ EPILOG = """examples:
   mlsan-edge bench --quick --json b.json              # < 5 min on a 2-core CPU
   mlsan-edge bench --json benchmarks/results/bench_cpu.json --out-dir benchmarks/results
   mlsan-edge bench --skip naive,e2e,hangover --runs 500   # micro-benchmarks only
-parts for --skip: vad, embedding, cache, audio, face, text, fusion, naive, pipeline, e2e, hangover, bound, cold"""
+parts for --skip: vad, embedding, cache, audio, face, text, fusion, naive, pipeline, e2e, nospec, hangover,
+  bound, cold"""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

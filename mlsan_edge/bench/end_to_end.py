@@ -7,7 +7,9 @@ utterance:
 
     end_to_end           the event's `timings_ms["total_after_end"]`: from the VAD chunk that
                          closed the utterance to the event (voice tail, speaker cache, audio
-                         features, text, stages 1-3); no ASR, the sentence is given as text
+                         features, text, stages 1-3); no ASR, the sentence is given as text.
+                         The voice tail, audio features and text start during the VAD hangover
+                         (`runtime/speculation.py`); `speculate=False` measures without that
     speech_end_to_event  wall clock from the clip's true end of speech (known from how the
                          stream was built) to the event reaching the caller: the VAD hangover
                          (`VADConfig.min_silence_ms`, 300 ms by default) + end_to_end + queueing.
@@ -39,14 +41,15 @@ HANGOVERS_MS = (300, 200, 150, 100)
 EARLY_TOLERANCE_S = 0.05  # an utterance's end may fall this much before the clip's (the VAD's 32 ms chunks)
 
 
-def _runtime(bundle, min_silence_ms: int | None = None, precision: str = "auto"):
+def _runtime(bundle, min_silence_ms: int | None = None, precision: str = "auto", speculate: bool = True):
     from mlsan_edge.features.vad import VADConfig
     from mlsan_edge.runtime import RuntimeConfig, load_runtime
 
     vad = VADConfig() if min_silence_ms is None else VADConfig(min_silence_ms=int(min_silence_ms))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return load_runtime(bundle, config=RuntimeConfig(face="none", vad=vad), precision=precision)
+        return load_runtime(bundle, config=RuntimeConfig(face="none", vad=vad, speculate=speculate),
+                            precision=precision)
 
 
 def _match(events, spans) -> list[int | None]:
@@ -84,12 +87,13 @@ def play(clips, bundle, realtime: bool = True, min_silence_ms: int | None = None
     return {"events": events, "arrivals": arrivals, "spans": spans, "stream_s": len(wav) / SAMPLE_RATE}
 
 
-def bench_end_to_end(clips, bundle, warmup: int = 2) -> dict:
-    """Real-time stream: stats of total_after_end, of each step and of speech end -> event."""
+def bench_end_to_end(clips, bundle, warmup: int = 2, speculate: bool = True) -> dict:
+    """Real-time stream: stats of total_after_end, of each step and of speech end -> event
+    (`speculate`: work starts during the VAD hangover, `RuntimeConfig.speculate`)."""
     from mlsan_edge.runtime.events import STEPS
 
     t = time.perf_counter()
-    rt = _runtime(bundle)
+    rt = _runtime(bundle, speculate=speculate)
     load_s = time.perf_counter() - t
     r = play(clips, bundle, realtime=True, runtime=rt)
     stats = rt.stats()
@@ -100,7 +104,7 @@ def bench_end_to_end(clips, bundle, warmup: int = 2) -> dict:
         raise RuntimeError(f"the stream gave {len(events)} events, not more than the {warmup} warm-up ones: "
                            "use more clips")
     steps = {}
-    for s in list(STEPS) + ["profile_update"]:
+    for s in list(STEPS) + ["profile_update", "speculative"]:
         v = [events[i].timings_ms[s] for i in used if s in events[i].timings_ms]
         if v:
             steps[s] = summarize(v)
@@ -122,7 +126,8 @@ def bench_end_to_end(clips, bundle, warmup: int = 2) -> dict:
         "matched_events": sum(m is not None for m in match), "stream_s": round(r["stream_s"], 2),
         "events_ending_before_speech": early,
         "dropped": events[-1].dropped if events else {}, "load_runtime_s": round(load_s, 3),
-        "vad_min_silence_ms": 300, "runtime_budgets": stats["budgets"],
+        "vad_min_silence_ms": 300, "runtime_budgets": stats["budgets"], "speculate": speculate,
+        "speculated_events": sum("speculative" in events[i].timings_ms for i in used),
         "what": "total_after_end from the VAD chunk that closed the utterance to the event; speech_end_to_event "
                 "from the clip's true end of speech (stream construction) to the event reaching the caller",
     }

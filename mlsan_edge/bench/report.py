@@ -98,6 +98,8 @@ def markdown(result: dict) -> str:
                        "end_to_end" in over)]
         if result.get("speech_end_to_event"):
             lines.append(_row("speech_end_to_event", result["speech_end_to_event"]))
+        if result.get("end_to_end_no_speculation"):
+            lines.append(_row("end_to_end, no speculation", result["end_to_end_no_speculation"]))
         for step, stats in result.get("end_to_end_steps", {}).items():
             key = f"end_to_end_steps.{step}"
             lines.append(_row(f"  {step}", stats, budgets.get(step), key in over))

@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 
 from mlsan_edge.demo.sample import SAMPLE_TRUTH, SAMPLE_VIDEO, agreement, format_agreement, load_truth
-from mlsan_edge.demo.timeline import Timeline
+from mlsan_edge.demo.timeline import Timeline, format_ood
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,9 @@ def format_event(ev) -> str:
     tr = ev.trust
     trust = "/".join(f"{tr.get(m, 0.0):.2f}" for m in ("text", "audio", "visual"))
     return (f"[{ev.start_s:6.2f}-{ev.end_s:6.2f} s] {who:>12s} sim {sim}  {ev.emotion:8s} "
-            f"{ev.probs[ev.emotion]:.2f}  trust t/a/v {trust}  {'face' if ev.face_used else 'no face'}  "
-            f"{ev.timings_ms.get('total_after_end', 0.0):5.1f} ms")
+            f"{ev.probs[ev.emotion]:.2f}  ood {format_ood(ev)}  trust t/a/v {trust}  "
+            f"{'face' if ev.face_used else 'no face'}  {ev.timings_ms.get('total_after_end', 0.0):5.1f} ms")
+
 
 
 # --- sources ------------------------------------------------------------------------------------

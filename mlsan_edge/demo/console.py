@@ -1,6 +1,7 @@
 """`mlsan-edge demo --console`: a live table for a headless device over SSH (`rich`).
 
-The table holds the last utterances (time, speaker, emotion, confidence, stage-2 trust,
+The table holds the last utterances (time, speaker, emotion, confidence, distance to the
+training data (`ood`), stage-2 trust,
 latency against its budget) under a status line with the VAD state and the audio level; it
 refreshes a few times a second from the `Timeline` while the events come from `Runtime.stream`.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from mlsan_edge.demo.timeline import Timeline
+from mlsan_edge.demo.timeline import Timeline, format_ood
 
 ROWS = 12  # utterances kept on screen
 STYLE = {"neutral": "white", "joy": "yellow", "surprise": "orange1", "fear": "magenta", "sadness": "blue",
@@ -44,7 +45,7 @@ class _View:
                                f"{time.monotonic() - self.t_start:5.0f} s")
         table = Table(expand=False, header_style="bold")
         for col, just in (("time s", "right"), ("speaker", "left"), ("sim", "right"), ("emotion", "left"),
-                          ("conf", "right"), ("trust t/a/v", "left"), ("face", "center"), ("latency ms", "right")):
+                          ("conf", "right"), ("ood a/v", "right"), ("trust t/a/v", "left"), ("face", "center"), ("latency ms", "right")):
             table.add_column(col, justify=just)
         for ev in self.events[-ROWS:]:
             who = ev.speaker_name or f"#{ev.speaker_id}"
@@ -52,7 +53,7 @@ class _View:
             tr = ev.trust
             table.add_row(f"{ev.start_s:.1f}-{ev.end_s:.1f}", who + (" (new)" if ev.new_speaker else ""),
                           "-" if ev.speaker_similarity is None else f"{ev.speaker_similarity:.2f}",
-                          Text(ev.emotion, style=STYLE.get(ev.emotion, "")), f"{ev.probs[ev.emotion]:.2f}",
+                          Text(ev.emotion, style=STYLE.get(ev.emotion, "")), f"{ev.probs[ev.emotion]:.2f}", format_ood(ev),
                           "/".join(f"{tr.get(m, 0.0):.2f}" for m in ("text", "audio", "visual")),
                           "yes" if ev.face_used else "-",
                           Text(f"{ms:.0f}", style="green" if ms <= self.budget_ms else "red"))

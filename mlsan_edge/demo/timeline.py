@@ -98,3 +98,9 @@ class Timeline:
         return OverlayState(t=t, faces=faces, speaker_track=track, event=ev,
                             recent=[(speaker_label(e), e.emotion) for e in shown[-RECENT:]],
                             vu_db=db, in_speech=speech, budgets=self.budgets, banner=banner, title=self.title)
+
+
+def format_ood(ev) -> str:
+    """"a/v" distances to the training data (1.0 = its 99th percentile; "-": not measured)."""
+    ood = getattr(ev, "ood", None) or {}
+    return "/".join("-" if ood.get(m) is None else f"{ood[m]:.1f}" for m in ("audio", "visual"))

@@ -181,6 +181,21 @@ class Segmenter:
             return None
         return np.concatenate([self._pre, *self._chunks] if padded else self._chunks)
 
+    def settled(self) -> Utterance | None:
+        """The utterance `process` will return if the current silence lasts `min_silence_ms`,
+        once its audio is complete; else None.
+
+        An utterance ends `speech_pad_ms` after its speech, so its audio is fixed that long into
+        the silence, while the VAD still waits out the rest of its hangover: work on it can
+        start early (`runtime/step.py`). It is exactly the utterance the close returns unless
+        speech resumes (then None again) or the maximum length splits it first (a different
+        utterance: compare before reusing anything).
+        """
+        sf = self._silence_from
+        if self._start is None or sf is None or self._sample < sf + self._pad:
+            return None
+        return self._closing(sf)
+
     def process(self, chunk: np.ndarray, t_s: float | None = None) -> Utterance | None:
         """Advance by one chunk.
 
@@ -240,14 +255,21 @@ class Segmenter:
         return out
 
     # --- internals ------------------------------------------------------------------------
+    def _closing(self, speech_end: int, pad_end: bool = True, body: np.ndarray | None = None) -> Utterance | None:
+        """The utterance [start - pad, speech_end + pad) of the open speech, or None when its
+        speech is shorter than `min_speech_ms` (changes no state)."""
+        start = self._start
+        if speech_end - start < self._min_speech:
+            return None
+        body = np.concatenate(self._chunks) if body is None else body
+        end = min(self._sample, speech_end + self._pad) if pad_end else speech_end
+        return self._make(start, body[: end - start])
+
     def _close(self, speech_end: int, pad_end: bool = True) -> Utterance | None:
         """Emit [start - pad, speech_end + pad) and return to silence."""
         start, body = self._start, np.concatenate(self._chunks)
-        utt = None
-        if speech_end - start >= self._min_speech:
-            end = min(self._sample, speech_end + self._pad) if pad_end else speech_end
-            utt = self._make(start, body[: end - start])
-        else:
+        utt = self._closing(speech_end, pad_end, body)
+        if utt is None:
             log.debug("dropped %.0f ms of speech (< min_speech_ms)", (speech_end - start) * 1000 / SAMPLE_RATE)
         self._start, self._silence_from, self._chunks, self._probs = None, None, [], []
         # what was buffered after the speech ended becomes the pre-roll of the next utterance

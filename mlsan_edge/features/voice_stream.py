@@ -74,23 +74,29 @@ class StreamingVoiceEmbedder:
     def finish(self, audio: np.ndarray) -> np.ndarray:
         """The utterance embedding (256,) of the complete `audio`; resets for the next utterance."""
         try:
-            parts = utterance_partials(audio)  # exact front-end (gain, padding) of VoiceEncoder.embed
-            g = gain_db(audio)
-            same = self._head is not None and audio.shape[0] >= CHECK_SAMPLES and \
-                np.array_equal(audio[:CHECK_SAMPLES], self._head)
-            embeds: list[np.ndarray | None] = [None] * len(parts)
-            if same:
-                for i, (e, gi) in self._cached.items():
-                    if i < len(parts) and abs(gi - g) <= GAIN_TOLERANCE_DB:
-                        embeds[i] = e
-            todo = [i for i, e in enumerate(embeds) if e is None]
-            if todo:
-                for i, e in zip(todo, self.encoder.embed_partials(parts[todo])):
-                    embeds[i] = e
-            self.reused += len(parts) - len(todo)
-            self.computed += len(todo)
-            mean = np.mean(np.stack(embeds), axis=0, keepdims=True)  # (1, 256)
-            # normalised as VoiceEncoder.embed_batch does, so that nothing reused is bit-exact
-            return (mean / np.linalg.norm(mean, axis=1, keepdims=True))[0].astype(np.float32)
+            return self.embed(audio)
         finally:
             self._head, self._cached = None, {}
+
+    def embed(self, audio: np.ndarray) -> np.ndarray:
+        """As `finish`, without the reset: the partials embedded so far are kept, so `finish(audio)`
+        later gives the same vector when no `update` embedded more in between. `runtime/step.py`
+        embeds an utterance this way during the VAD hangover, in case speech resumes."""
+        parts = utterance_partials(audio)  # exact front-end (gain, padding) of VoiceEncoder.embed
+        g = gain_db(audio)
+        same = self._head is not None and audio.shape[0] >= CHECK_SAMPLES and \
+            np.array_equal(audio[:CHECK_SAMPLES], self._head)
+        embeds: list[np.ndarray | None] = [None] * len(parts)
+        if same:
+            for i, (e, gi) in self._cached.items():
+                if i < len(parts) and abs(gi - g) <= GAIN_TOLERANCE_DB:
+                    embeds[i] = e
+        todo = [i for i, e in enumerate(embeds) if e is None]
+        if todo:
+            for i, e in zip(todo, self.encoder.embed_partials(parts[todo])):
+                embeds[i] = e
+        self.reused += len(parts) - len(todo)
+        self.computed += len(todo)
+        mean = np.mean(np.stack(embeds), axis=0, keepdims=True)  # (1, 256)
+        # normalised as VoiceEncoder.embed_batch does, so that nothing reused is bit-exact
+        return (mean / np.linalg.norm(mean, axis=1, keepdims=True))[0].astype(np.float32)

@@ -51,6 +51,9 @@ class RuntimeConfig:
     video_wait_live_s: float = 0.2  # live: how long to wait for frames up to the utterance's end
     video_wait_file_s: float = 30.0  # files: the frame reader may lag the (much faster) audio path
     feature_threads: int = 2  # voice tail and audio features run in parallel after the end
+    # start the voice tail, audio features and (timed) text of an utterance during the VAD hangover,
+    # once its audio is complete, and use them if the VAD closes that utterance (speculation.py)
+    speculate: bool = True
     camera_retry_max_s: float = 10.0  # a lost camera is reopened with backoff 0.5, 1, 2, ... up to this (s)
 
     def __post_init__(self) -> None:

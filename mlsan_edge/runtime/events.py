@@ -38,6 +38,12 @@ class Event:
         face: attribution details (faces seen, method, correlation with the voice).
         degraded: what was skipped or missing and why (e.g. "face: skipped after 3 overruns").
         dropped: pending work dropped under overload so far (queue -> count).
+        confidence: the calibrated probability of `emotion` (the bundle's temperature, fitted on
+            held-out speakers; `mlsan_edge.confidence`): threshold this, not raw `probs`.
+        ood: modality -> distance of its features to the training data over the training 99th
+            percentile (1.0: as unusual as the most unusual 1 % the model learned from; a
+            visual vector above 1.5 is not used and `trust["visual"]` is 0). Empty for a bundle
+            without `confidence.json`.
     """
 
     start_s: float
@@ -60,6 +66,8 @@ class Event:
     identified_by: str = "voice"
     voice_similarity: float | None = None
     face_distance: float | None = None
+    confidence: float | None = None
+    ood: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,23 +104,26 @@ class Event:
         d["start_s"], d["end_s"] = round(self.start_s, 3), round(self.end_s, 3)
         sim = self.speaker_similarity
         d["speaker_similarity"] = round(float(sim), 4) if sim is not None and np.isfinite(sim) else None
-        for k in ("voice_similarity", "face_distance"):
+        for k in ("voice_similarity", "face_distance", "confidence"):
             v = d[k]
             d[k] = round(float(v), 4) if v is not None and np.isfinite(v) else None
         d["probs"] = {k: round(float(v), 4) for k, v in self.probs.items()}
         d["trust"] = {k: round(float(v), 4) for k, v in self.trust.items()}
+        d["ood"] = {k: round(float(v), 3) for k, v in self.ood.items()}
         d["timings_ms"] = {k: round(float(v), 2) for k, v in self.timings_ms.items()}
         return json.dumps(d, separators=(",", ":"))
 
 
-_MAY_BE_NONE = ("speaker_id", "speaker_name", "speaker_similarity", "text", "voice_similarity", "face_distance")
+_MAY_BE_NONE = ("speaker_id", "speaker_name", "speaker_similarity", "text", "voice_similarity", "face_distance",
+                "confidence")
 # what from_dict accepts per field
 _FIELD_TYPES = {"start_s": "number", "end_s": "number", "speaker_id": "int", "speaker_name": "str",
                 "speaker_similarity": "number", "emotion": "str", "probs": "dict[str, number]",
                 "trust": "dict[str, number]", "modalities": "list[str]", "timings_ms": "dict[str, number]",
                 "over_budget": "list[str]", "face_used": "bool", "new_speaker": "bool", "face": "dict",
                 "degraded": "list[str]", "dropped": "dict[str, int]", "text": "str", "identified_by": "str",
-                "voice_similarity": "number", "face_distance": "number"}
+                "voice_similarity": "number", "face_distance": "number", "confidence": "number",
+                "ood": "dict[str, number]"}
 
 
 def _is(v, kind: str) -> bool:

@@ -238,7 +238,7 @@ class LiveStream:
                 vsrc.close()
 
     def _vad(self) -> None:
-        utterances = UtteranceSegmenter.of(self.pipeline)
+        utterances = UtteranceSegmenter.of(self.pipeline, self.text)
         try:
             while not self.stop.is_set():
                 try:

@@ -23,10 +23,12 @@ from typing import Callable, Iterable
 import numpy as np
 
 from mlsan_edge.config import EMOTIONS, MODALITIES, SAMPLE_RATE, TEXT_DIM, VISUAL_DIM
+from mlsan_edge.confidence import VISUAL_OOD_MAX
 from mlsan_edge.runtime.budgets import BudgetTracker
 from mlsan_edge.runtime.config import RuntimeConfig
 from mlsan_edge.runtime.events import Event
 from mlsan_edge.runtime.face_features import VisualBaselines, attribute, track_descriptor, visual_features
+from mlsan_edge.runtime.speculation import Speculation
 from mlsan_edge.runtime.text_source import TextSource
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class Job:
     text: str | None = None  # what was said, when the caller knows
     exclude_wait: bool = False  # recorded video: waiting for frames is not counted as processing
     notes: list[str] = field(default_factory=list)  # what was repaired in its audio (-> Event.degraded)
+    speculation: Speculation | None = None  # its work started during the VAD hangover (speculation.py)
 
 
 class Conversation:
@@ -172,7 +175,8 @@ class Pipeline:
             t = clock()
             return self._audio_features(job.audio), (clock() - t) * 1000
 
-        fut_a = self._pool.submit(afeat)
+        spec = job.speculation  # started during the VAD hangover: what is left is waiting for it
+        fut_a = spec.features if spec is not None else self._pool.submit(afeat)
         text_tm: dict[str, float] = {}
         text_notes: list[str] = []
         fut_t = self._pool.submit(self._text, job, text_source, text_tm, text_notes)
@@ -206,7 +210,12 @@ class Pipeline:
         text_vec, text = fut_t.result()
         tm.update(text_tm)
         degraded += text_notes
+        t = clock()
         audio_vec, tm["audio_features"] = fut_a.result()
+        if spec is not None:
+            tm["audio_features"], tm["speculative"] = (clock() - t) * 1000, spec.work_ms()
+        visual, ood = self._ood(audio_vec, visual, degraded)
+        face_used = face_used and visual is not None
 
         with self._model_lock:
             t = clock()
@@ -223,7 +232,7 @@ class Pipeline:
         tm["total_after_end"] = (clock() - job.t_end) * 1000 - (tm.get("face_wait", 0.0) if job.exclude_wait else 0.0)
         over = self.budgets.record(tm)
 
-        probs = np.asarray(probs, np.float64).reshape(-1)
+        probs = self._calibrate(np.asarray(probs, np.float64).reshape(-1), ood.get("audio"))
         present = [m for m, v in zip(MODALITIES, (text_vec, audio_vec, visual)) if v is not None]
         similarity = float(match.similarity) if np.isfinite(match.similarity) else None  # None: first voice
         event = Event(
@@ -234,7 +243,8 @@ class Pipeline:
             emotion=self.classes[int(np.argmax(probs))], probs=dict(zip(self.classes, map(float, probs))),
             trust={k: float(v) for k, v in dict(trust).items()}, modalities=present,
             timings_ms={k: float(v) for k, v in tm.items()}, over_budget=over, face_used=face_used,
-            face=face_info, degraded=degraded, dropped=dict(dropped or {}), text=text)
+            face=face_info, degraded=degraded, dropped=dict(dropped or {}), text=text,
+            confidence=float(probs.max()), ood=ood)
         event.params_cached = params_cached  # not serialised: for tests and benchmarks
 
         # after the prediction, as in training (mlsan_edge.data.replay.profile_inputs); the
@@ -280,6 +290,27 @@ class Pipeline:
                 face_info["reason"] = res.reason
         return visual, face_info, face_used
 
+    def _ood(self, audio_vec, visual, degraded: list) -> tuple[np.ndarray | None, dict[str, float]]:
+        """Distances of the features to the training data (`mlsan_edge.confidence`); a visual
+        vector farther than VISUAL_OOD_MAX is dropped: a face the model cannot read must not
+        out-vote the voice (issue #9: MediaPipe proxies on real faces were not what training saw)."""
+        conf = getattr(self.stages, "confidence", None)
+        if conf is None:
+            return visual, {}
+        gs, ood = self.stages.global_stats, {}
+        for m, x in (("audio", audio_vec), ("visual", visual)):
+            d = conf.ood(x, m, gs.mean[m], gs.var[m]) if m in gs.mean else None
+            if d is not None:
+                ood[m] = d
+        if ood.get("visual", 0.0) > VISUAL_OOD_MAX:
+            degraded.append(f"visual: unlike the training faces (ood {ood['visual']:.1f} > {VISUAL_OOD_MAX}), not used")
+            visual = None
+        return visual, ood
+
+    def _calibrate(self, probs: np.ndarray, ood_audio: float | None) -> np.ndarray:
+        conf = getattr(self.stages, "confidence", None)
+        return probs if conf is None else np.asarray(conf.calibrate(probs, ood_audio), np.float64)
+
     def unknown_params(self, current_voice: np.ndarray | None) -> dict[str, np.ndarray]:
         """FiLM/gate parameters for a speaker the cache could not tell (a voice too short, no face):
         an empty profile, i.e. the training population's statistics (not cached)."""
@@ -296,15 +327,22 @@ class Pipeline:
         """The utterance's text embedding (or None) and its text."""
         t = time.perf_counter()
         text_vec, text = None, job.text
+        # asked ahead (speculation.py): the future was submitted before this task, so it runs or ran
+        ahead = job.speculation.text_for(text_source) if job.speculation is not None and text is None else None
         if text is None and text_source is not None:
-            text = text_source(job.audio, job.start_s, job.end_s)
+            text = ahead[0] if ahead is not None else text_source(job.audio, job.start_s, job.end_s)
         if text and self.budgets.should_skip("text"):
             degraded.append("text: skipped after repeated budget overruns")
             text = None
         if text:
-            text_vec = self.text_encoder.embed(text)
+            text_vec = ahead[1] if ahead is not None and ahead[0] == text else self.text_encoder.embed(text)
         tm["text"] = (time.perf_counter() - t) * 1000
         return text_vec, text
+
+    def speculate(self, utt, text_source: TextSource | None = None) -> Speculation:
+        """Start an utterance's audio features (and text, when the source is `pure`) before the
+        VAD closes it (`speculation.py`); pass the result as `Job.speculation`."""
+        return Speculation.start(self._pool, self._audio_features, lambda: self.text_encoder, utt, text_source)
 
     def compute_params(self, sid: int, current_voice: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """FiLM/gate parameters for the speaker's next utterance from their profile as it stands;

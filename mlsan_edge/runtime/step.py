@@ -10,13 +10,16 @@ In the spirit of silero-vad's `VADIterator`, with no threads and no queues:
     >>> event = step.flush()                    # the utterance still open at the end, if any
 
 `UtteranceSegmenter` is the audio half (VAD + the voice embedding computed while the person
-speaks); `Pipeline.process` the rest. `Runtime.stream` (`live.py`) runs the same two pieces on
-separate threads.
+speaks, and the utterance's work started during the VAD hangover: `speculation.py`);
+`Pipeline.process` the rest. `Runtime.stream` (`live.py`) runs the same two pieces on separate
+threads.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -24,29 +27,42 @@ from mlsan_edge.features.voice_stream import StreamingVoiceEmbedder
 from mlsan_edge.runtime.events import Event
 from mlsan_edge.runtime.face_tracking import FaceFeed
 from mlsan_edge.runtime.pipeline import Job, Pipeline, notify
+from mlsan_edge.runtime.speculation import Speculation
 from mlsan_edge.runtime.text_source import TextSource
+
+log = logging.getLogger(__name__)
 
 
 class UtteranceSegmenter:
     """VAD + streaming voice embedding: 512-sample chunks in, a `Job` when an utterance ends.
 
     While an utterance is open, the voice partials whose audio is complete are embedded
-    (`StreamingVoiceEmbedder`), so little is left to do when it ends.
+    (`StreamingVoiceEmbedder`), so little is left to do when it ends. Once its audio is complete
+    (`speech_pad_ms` into the silence that may end it, `Segmenter.settled()`), the embedder sees
+    that audio only and, with `speculate`, the voice tail is embedded and the audio features and
+    text are started while the VAD waits out its hangover; the `Job` carries them when the VAD
+    closes that same utterance (`speculation.py`).
 
     Args:
         segmenter: a `mlsan_edge.features.vad.Segmenter` (one per stream).
         embedder: a `StreamingVoiceEmbedder` (one per stream).
+        speculate: `fn(utterance) -> Speculation` starting an utterance's work ahead
+            (`Pipeline.speculate`), or None: no work starts before the VAD closes the utterance.
     """
 
-    def __init__(self, segmenter, embedder: StreamingVoiceEmbedder) -> None:
-        self.segmenter, self.embedder = segmenter, embedder
+    def __init__(self, segmenter, embedder: StreamingVoiceEmbedder,
+                 speculate: Callable[[object], Speculation] | None = None) -> None:
+        self.segmenter, self.embedder, self.speculate = segmenter, embedder, speculate
+        self._spec: Speculation | None = None  # the work started for the settled utterance
         self._worst_ms = 0.0  # the slowest VAD chunk of the open utterance
         self._bad = {"non_finite": 0, "clipped": 0}  # repaired samples since the last utterance
 
     @classmethod
-    def of(cls, pipeline: Pipeline) -> "UtteranceSegmenter":
-        """A new one running the pipeline's VAD model and voice encoder."""
-        return cls(pipeline.segmenter(), StreamingVoiceEmbedder(pipeline.voice))
+    def of(cls, pipeline: Pipeline, text: TextSource | None = None) -> "UtteranceSegmenter":
+        """A new one running the pipeline's VAD model and voice encoder; with
+        `config.speculate`, utterances' work starts in the hangover (`text`: the stream's text)."""
+        spec = (lambda utt: pipeline.speculate(utt, text)) if pipeline.config.speculate else None
+        return cls(pipeline.segmenter(), StreamingVoiceEmbedder(pipeline.voice), spec)
 
     def push(self, samples: np.ndarray, t_s: float | None = None) -> Job | None:
         """Advance by one chunk.
@@ -65,16 +81,50 @@ class UtteranceSegmenter:
         self._worst_ms = max(self._worst_ms, (t_end - t) * 1000)
         if utt is not None:
             return self._job(utt, t_end)
-        if seg.in_speech:
-            self.embedder.update(seg.partial(padded=True))
-        else:
+        if not seg.in_speech:
+            self._drop()
             self.embedder.reset()
+            return None
+        settled = seg.settled()
+        if settled is None:  # speaking, or not far enough into a silence
+            self._drop()
+            self.embedder.update(seg.partial(padded=True))
+        elif self._spec is None or not self._spec.matches(settled):
+            self._drop()
+            # only the utterance's own audio from here: what the embedder holds is what a close gives
+            self.embedder.update(settled.audio)
+            if self.speculate is not None:
+                self._spec = self._start(settled)
         return None
 
     def flush(self) -> Job | None:
         """End of stream: the utterance still open (if long enough), or None."""
         utt = self.segmenter.flush()
-        return None if utt is None else self._job(utt, time.perf_counter())
+        if utt is None:
+            self._drop()
+            return None
+        return self._job(utt, time.perf_counter())
+
+    def _start(self, utt) -> Speculation | None:
+        """Start the settled utterance's work: features and text on the pipeline's threads, the
+        voice tail here (the embedder is this thread's)."""
+        try:
+            spec = self.speculate(utt)
+        except RuntimeError as e:  # the pipeline is closing: the close path computes everything
+            log.debug("no speculation: %s", e)
+            return None
+        t = time.perf_counter()
+        try:
+            spec.embedding = self.embedder.embed(utt.audio)
+        except ValueError:  # silent audio: left to Pipeline.process, as without speculation
+            spec.embedding = None
+        spec.embed_ms = (time.perf_counter() - t) * 1000
+        return spec
+
+    def _drop(self) -> None:
+        if self._spec is not None:
+            self._spec.cancel()
+            self._spec = None
 
     def _sanitise(self, samples: np.ndarray) -> np.ndarray:
         """NaN/inf samples become 0 and samples beyond full scale are clipped to [-1, 1], counted
@@ -107,10 +157,17 @@ class UtteranceSegmenter:
             job.notes.append(f"audio: utterance split at the VAD's maximum length "
                              f"({self.segmenter.config.max_utterance_s:g} s)")
         t = time.perf_counter()
-        try:
-            job.embedding = self.embedder.finish(utt.audio)
-        except ValueError:  # silent audio: Pipeline.process embeds (and fails) with a clear error
-            job.embedding = None
+        spec, self._spec = self._spec, None
+        if spec is not None and spec.matches(utt):  # the utterance the work was started for
+            job.embedding, job.speculation = spec.embedding, spec
+            self.embedder.reset()
+        else:
+            if spec is not None:
+                spec.cancel()
+            try:
+                job.embedding = self.embedder.finish(utt.audio)
+            except ValueError:  # silent audio: Pipeline.process embeds (and fails) with a clear error
+                job.embedding = None
         job.embed_ms = (time.perf_counter() - t) * 1000
         self._worst_ms = 0.0
         return job
@@ -128,8 +185,8 @@ class Step:
     def __init__(self, pipeline: Pipeline, text=None, on_event=None) -> None:
         self.pipeline = pipeline
         self.conversation = pipeline.conversation()
-        self.utterances = UtteranceSegmenter.of(pipeline)
         self.text = TextSource.of(text)
+        self.utterances = UtteranceSegmenter.of(pipeline, self.text)
         self.on_event = on_event
         self._faces: FaceFeed | None = None  # made on the first video frame
 

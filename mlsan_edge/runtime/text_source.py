@@ -53,6 +53,15 @@ class TextSource:
         """`spec` itself when it already is a `TextSource`, else `TextSource(spec)`."""
         return spec if isinstance(spec, cls) else cls(spec)
 
+    @property
+    def pure(self) -> bool:
+        """Whether asking for an utterance's text has no side effect and depends on that utterance
+        only, so it may be asked ahead (`runtime/speculation.py`): no text, timed segments, or a
+        transcriber that says so with `fn.pure = True`; not a list of lines (taken in order)."""
+        if self._fn is not None:
+            return bool(getattr(self._fn, "pure", False))
+        return self._lines is None
+
     def __call__(self, audio: np.ndarray, start_s: float, end_s: float) -> str | None:
         if self._fn is not None:
             return self._fn(audio, start_s, end_s)
