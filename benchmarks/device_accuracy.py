@@ -7,7 +7,8 @@ silence into one FLAC and run through the runtime exactly as `mlsan-edge run --a
 does: audio only, a fresh speaker cache, VAD segmentation, the cache's own speaker assignment.
 Each event is matched to the clip it overlaps. Reported:
 
-* device: share of clips with an event, emotion accuracy over clips, speaker purity/coverage;
+* device: share of clips with an event, emotion accuracy over clips, speaker purity/coverage,
+  mean event confidence and its expected calibration error (ECE, 15 bins) over the clips;
 * eval: `mlsan-edge eval --actors ... --stream --modalities audio` with the bundle's ONNX
   student — the same network and front-end, but each actor a separate stream with its true
   identity;
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
 
     from mlsan_edge.data.ravdess import load_ravdess
     from mlsan_edge.evaluate import evaluate
-    from mlsan_edge.metrics import purity_coverage
+    from mlsan_edge.metrics import calibration_error, purity_coverage
     from mlsan_edge.features.audio import load_audio
     from mlsan_edge.runtime import RuntimeConfig, load_runtime
 
@@ -100,6 +101,11 @@ def main(argv=None) -> int:
               "emotion_accuracy_over_detected": round(100.0 * sum(hits) / max(len(matched), 1), 2),
               "speakers_found": len({e.speaker_id for e in events}), "speaker_purity": round(pur, 4),
               "speaker_coverage": round(cov, 4)}
+    # calibration of what the device says: the event's confidence against being right
+    conf = [matched[k].confidence if matched[k].confidence is not None else max(matched[k].probs.values())
+            for k in matched]
+    device["mean_confidence"] = round(float(np.mean(conf)), 4) if conf else None
+    device["ece_percent"] = round(100.0 * calibration_error(conf, hits), 2) if conf else None
 
     ev = evaluate(a.bundle, "ravdess", a.data, stream=True, actors=actors, modalities=("audio",),
                   backend="onnxruntime", model="student", progress=False)

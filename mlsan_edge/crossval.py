@@ -1,8 +1,9 @@
 """Leave-actors-out cross-validation with ablations. Entry point: `mlsan-edge crossval`.
 
 For each fold (consecutive blocks of RAVDESS actors 1-20), seed and variant, one model is
-trained on the other actors plus MELD train, then evaluated causally on (a) the held-out
-actors in `--stream` order and (b) MELD dev. The summary gives mean ± std over folds × seeds,
+trained on the other actors (and their channel-augmented copies), EmoSpeech's training users
+and MELD train, then evaluated causally on (a) the held-out actors' original recordings in
+`--stream` order and (b) MELD dev. The summary gives mean ± std over folds × seeds,
 so a stage's gain can be told from noise, and pooled per-class F1 of the held-out predictions.
 """
 
@@ -33,25 +34,33 @@ N_ACTORS = 20
 def run_crossval(data: Path, variants=("full",), folds: int = 5, seeds=(0,), config: str = "teacher",
                  epochs: int | None = None, text_dropout: float | None = None, ensemble: int | None = None,
                  json_out: Path | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, only_folds: list[int] | None = None) -> dict:
     from mlsan_edge.data.replay import stream_order
     from mlsan_edge.train import concat_tables, fit, model_config, predict, train_config
     from mlsan_edge.training_job import encoder_paths, load_training_tables
 
     enc = encoder_paths()
-    rav, meld_train = load_training_tables(data, enc)
-    from mlsan_edge.data.extract import meld_table
+    rav, *others = load_training_tables(data, enc)  # RAVDESS (+ augmented copies), EmoSpeech train, MELD train
+    from mlsan_edge.data.extract import GROUP_STRIDE, meld_table
+    from mlsan_edge.data.table import augmented_rows
 
     meld_dev = meld_table(data / "meld", "dev", enc["text_encoder"])
+    from mlsan_edge.confidence_fit import calibrated_rows, calibration_tables, fit_confidence
+    from mlsan_edge.metrics import calibration_error
+
+    calib = calibration_tables(data, enc, None)  # EmoSpeech's calibration users
     actors = np.arange(1, N_ACTORS + 1)
     blocks = np.array_split(actors, folds)
     runs, pooled = [], {v: {"rav": ([], []), "meld": ([], [])} for v in variants}
     for variant in variants:
         for seed in seeds:
             for k, test_actors in enumerate(blocks):
+                if only_folds is not None and k not in only_folds:  # a share of the folds (another process runs the rest)
+                    continue
                 t0 = time.time()
-                te = np.isin(rav.group, test_actors)
-                train = concat_tables([rav.subset(np.where(~te)[0]), meld_train])
+                held = np.isin(rav.group % GROUP_STRIDE, test_actors)  # the actors and their augmented copies
+                te = held & ~augmented_rows(rav.speaker)  # evaluated on the original recordings
+                train = concat_tables([rav.subset(np.where(~held)[0]), *others])
                 mc = model_config(config, **ABLATIONS[variant],
                                   **({} if text_dropout is None else {"text_dropout": text_dropout}))
                 tc = train_config(config, seed=seed, **({} if epochs is None else {"epochs": epochs}),
@@ -59,12 +68,19 @@ def run_crossval(data: Path, variants=("full",), folds: int = 5, seeds=(0,), con
                 model, stats, _ = fit(train, mc, tc, progress=progress)
                 test = rav.subset(np.where(te)[0])
                 order = stream_order(test, shuffle_groups=set(np.unique(test.group).tolist()), seed=0)
-                p_rav = predict(model, test, order, stats)["probs"].argmax(1)
+                probs = predict(model, test, order, stats)["probs"]
+                p_rav = probs.argmax(1)
+                # the temperature as the bundle's is fitted (held-out EmoSpeech users), its ECE here
+                conf = fit_confidence(model, stats, train, calib)
+                cal = calibrated_rows(conf, probs, test, stats)
                 p_meld = predict(model, meld_dev, stream_order(meld_dev), stats)["probs"].argmax(1)
                 r_rav, r_meld = report(test.label, p_rav, EMOTIONS), report(meld_dev.label, p_meld, EMOTIONS)
                 run = {"variant": variant, "seed": seed, "fold": k, "test_actors": test_actors.tolist(),
                        "ravdess_stream_accuracy": r_rav["accuracy"], "ravdess_weighted_f1": r_rav["weighted_f1"],
                        "meld_dev_weighted_f1": r_meld["weighted_f1"], "meld_dev_accuracy": r_meld["accuracy"],
+                       "ravdess_ece": round(100 * calibration_error(probs.max(1), p_rav == test.label), 2),
+                       "temperature_slope": conf.slope,
+                       "ravdess_ece_calibrated": round(100 * calibration_error(cal.max(1), p_rav == test.label), 2),
                        "epochs": tc.epochs, "ensemble": tc.ensemble, "text_dropout": mc.text_dropout, "seconds": round(time.time() - t0, 1)}
                 runs.append(run)
                 log.info("%s", run)
@@ -83,7 +99,9 @@ def _summary(runs, variants, pooled) -> dict:
         if not rs:
             continue
         s = {"n_runs": len(rs)}
-        for key in ("ravdess_stream_accuracy", "meld_dev_weighted_f1"):
+        for key in ("ravdess_stream_accuracy", "meld_dev_weighted_f1", "ravdess_ece", "ravdess_ece_calibrated"):
+            if any(key not in r for r in rs):
+                continue
             vals = np.array([r[key] for r in rs])
             s[key] = {"mean": round(float(vals.mean()), 2), "std": round(float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, 2)}
         for corpus in ("rav", "meld"):

@@ -54,6 +54,7 @@ def distill(teacher, train_table, stats, student_cfg=None, cfg=None, kd: Distill
     from tqdm import tqdm
 
     from mlsan_edge.config import MODALITIES
+    from mlsan_edge.data.table import acted_rows
     from mlsan_edge.model.losses import class_weights
     from mlsan_edge.model.mlsan import MLSAN
     from mlsan_edge.train import CONFIGS, TrainConfig, batch_losses, epoch_batches, optimizer_step, to_torch
@@ -69,7 +70,7 @@ def distill(teacher, train_table, stats, student_cfg=None, cfg=None, kd: Distill
     student.set_normalisation({m: (torch.tensor(stats.mean[m], dtype=torch.float32),
                                    torch.tensor(np.sqrt(stats.var[m]), dtype=torch.float32)) for m in MODALITIES})
     teacher.eval()
-    is_meld = np.array([not str(s).startswith("ravdess") for s in train_table.speaker])
+    is_meld = ~acted_rows(train_table.speaker)
     w_meld = class_weights(torch.from_numpy(train_table.label[is_meld]), student_cfg.n_classes, cfg.meld_weight_power)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_steps = cfg.epochs * len(epoch_batches(train_table, stats, cfg, 0, np.random.default_rng(0)))
@@ -119,13 +120,19 @@ def run_distill(teacher_dir: Path, data: Path, out: Path, epochs: int | None = N
     bundle = tdoc.get("encoder_bundle", "default")  # the student sees the teacher's front-ends
     enc = encoder_paths(text_enc if text_enc and Path(text_enc).is_absolute() and Path(text_enc).exists() else None,
                         bundle)
-    train = concat_tables(load_training_tables(data, enc, actors, use_meld=use_meld))
+    recipe = tdoc.get("data", {}).get("recipe", {})  # the teacher's corpora and augmentation
+    train = concat_tables(load_training_tables(data, enc, actors, use_meld=use_meld,
+                                               use_emospeech=recipe.get("emospeech", False),
+                                               augment_copies=recipe.get("augment_copies", 0)))
     tc = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
     student, hist = distill(teacher, train, stats, cfg=tc, kd=kd)
     meta = {"train": asdict(tc), "distill": {**asdict(kd), "teacher": str(teacher_dir),
                                              "teacher_n_params": teacher.n_params()},
             "history": hist, "n_params": student.n_params(), **data_meta(train, enc, bundle)}
     save_checkpoint(out, student, stats, meta)
+    from mlsan_edge.training_job import write_checkpoint_confidence
+
+    write_checkpoint_confidence(out, student, stats, train, data, enc)
     log.info("wrote %s (%d parameters, teacher %d)", out, student.n_params(), teacher.n_params())
     return {"checkpoint": str(out), "n_params": student.n_params(), "teacher_n_params": teacher.n_params(),
             "train_seconds": hist["train_seconds"], "final_loss": round(hist["loss"][-1], 4),

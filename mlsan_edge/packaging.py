@@ -113,6 +113,14 @@ def write_bundle(checkpoint: Path, out: Path, metrics_json: list[Path] = (), nam
                              {"name": "stateN", "shape": [2, 1, 128], "dtype": "float32"}])
         if (enc["vad"].parent / "NOTICE").exists():  # silero's MIT notice travels with its model
             w.add_file("vad/NOTICE", enc["vad"].parent / "NOTICE")
+        from mlsan_edge.confidence import CONFIDENCE_FILE
+
+        conf = (Path(student) if student else checkpoint) / CONFIDENCE_FILE  # the graphs the device runs
+        if conf.exists():
+            w.add_file(CONFIDENCE_FILE, conf)
+        else:
+            log.warning("%s has no %s: probabilities stay uncalibrated and events carry no ood score",
+                        conf.parent, CONFIDENCE_FILE)
         scorer = checkpoint / "voice_scorer.npz"
         if scorer.exists():  # the speaker cache's voice scorer (fitted on the RAVDESS training voices)
             w.add_file(SCORER_FILE, scorer)
@@ -140,8 +148,10 @@ def _licence_text() -> Path:
     p = Path(tempfile.mkdtemp()) / "LICENSES.md"
     p.write_text(
         "# Licences of this bundle\n\n"
-        "- teacher/: trained on RAVDESS (CC BY-NC-SA 4.0, Livingstone & Russo 2018) and MELD (GPL-3.0,\n"
+        "- teacher/, student/ and the stage graphs: trained on RAVDESS (CC BY-NC-SA 4.0, Livingstone &\n"
+        "  Russo 2018), EmoSpeech's training users (CC BY-NC-SA 4.0, RakshakTeam) and MELD (GPL-3.0,\n"
         "  Poria et al. 2019): non-commercial, share-alike; GPL-3.0 obligations for MELD-derived weights.\n"
+        "- confidence.json: fitted on EmoSpeech's calibration users (CC BY-NC-SA 4.0).\n"
         "- encoders/text_encoder.int8.onnx: all-MiniLM-L6-v2 (Apache-2.0), fine-tuned on MELD (GPL-3.0).\n"
         "- encoders/voice_encoder.onnx: GE2E speaker encoder from resemblyzer (Apache-2.0).\n"
         "- vad/silero_vad.onnx: silero-vad 6.2.3 (MIT; see vad/NOTICE).\n")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from mlsan_edge.config import EMOTIONS, MODALITIES, ModelConfig
 from mlsan_edge.data.replay import pack, profile_inputs, stream_order
 from mlsan_edge.profile import GlobalStats
-from mlsan_edge.data.table import UtteranceTable
+from mlsan_edge.data.table import UtteranceTable, acted_rows
 from mlsan_edge.features.audio import AUDIO_DIM
 from mlsan_edge.model.losses import class_weights, speaker_consistency_loss
 from mlsan_edge.model.mlsan import MLSAN
@@ -51,6 +51,10 @@ class TrainConfig:
     drop_text: float = 0.5  # modality dropout on RAVDESS utterances (its text is uninformative)
     drop_audio: float = 0.15
     drop_visual: float = 0.3
+    # one of the ravdess_repeats replays per epoch puts each acted speaker's neutral clips first
+    # (`stream_order(neutral_first=True)`): a neutral-only profile must not make neutral speech
+    # look emotional (issue #9: GRID's later sentences of one speaker turned to anger without it)
+    neutral_first: bool = True
     seed: int = 0
     # Intra-op threads. These networks are small: one thread is nearly as fast as two, and two
     # processes with two threads each on two cores run ~10x slower from oversubscription.
@@ -103,11 +107,14 @@ def _modality_dropout(batch, is_rav: np.ndarray, cfg: TrainConfig, rng: np.rando
 
 
 def epoch_batches(train: UtteranceTable, stats: GlobalStats, cfg: TrainConfig, epoch: int, rng) -> list[dict]:
-    is_rav = np.char.startswith(train.speaker.astype(str), "ravdess")
+    is_rav = acted_rows(train.speaker)
     is_rav_group = set(np.unique(train.group[is_rav]).tolist())  # one pass, not one scan per group
     packs = []
     for r in range(cfg.ravdess_repeats if is_rav_group else 1):
-        order = stream_order(train, shuffle_groups=is_rav_group, seed=cfg.seed * 1000 + epoch * 10 + r)
+        # the last replay of each epoch anchors every acted speaker on their neutral voice first
+        anchored = cfg.neutral_first and r == cfg.ravdess_repeats - 1 and bool(is_rav_group)
+        order = stream_order(train, shuffle_groups=is_rav_group, seed=cfg.seed * 1000 + epoch * 10 + r,
+                             neutral_first=anchored)
         prof = profile_inputs(train, order, stats)
         rav_rows = np.isin(train.group[order], list(is_rav_group))
         if r == 0 and (~rav_rows).any():
@@ -121,7 +128,7 @@ def epoch_batches(train: UtteranceTable, stats: GlobalStats, cfg: TrainConfig, e
         sel = [streams[j] for j in perm[i:i + cfg.batch_streams]]
         T = max(int(p["valid"][b].sum()) for p, b in sel)
         batch = {k: np.stack([_pad(p[k][b], T, -1 if k in ("label", "index") else 0) for p, b in sel]) for k in sel[0][0]}
-        is_rav = np.array([str(train.speaker[p["index"][b, 0]]).startswith("ravdess") for p, b in sel])
+        is_rav = acted_rows(np.array([train.speaker[p["index"][b, 0]] for p, b in sel]))
         _modality_dropout(batch, is_rav, cfg, rng)
         batches.append(batch)
     return batches
@@ -183,7 +190,7 @@ def fit(train: UtteranceTable, model_cfg: ModelConfig, cfg: TrainConfig = TrainC
     model = MLSAN(model_cfg)
     model.set_normalisation({m: (torch.tensor(stats.mean[m], dtype=torch.float32),
                                  torch.tensor(np.sqrt(stats.var[m]), dtype=torch.float32)) for m in MODALITIES})
-    is_meld = np.array([not str(s).startswith("ravdess") for s in train.speaker])
+    is_meld = ~acted_rows(train.speaker)
     w_meld = class_weights(torch.from_numpy(train.label[is_meld]), model_cfg.n_classes, cfg.meld_weight_power)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_steps = cfg.epochs * len(epoch_batches(train, stats, replace(cfg, ravdess_repeats=cfg.ravdess_repeats), 0, np.random.default_rng(0)))

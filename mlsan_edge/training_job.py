@@ -34,13 +34,27 @@ def encoder_paths(text_encoder: str | Path | None = None, bundle="default") -> d
     return paths
 
 
-def load_training_tables(data: Path, enc: dict[str, Path], actors=None, use_meld=True, use_ravdess=True):
-    from mlsan_edge.data.extract import meld_table, ravdess_table
+AUGMENT_COPIES = 1  # channel-augmented copies of every acted clip in the default recipe (issue #9)
+
+
+def load_training_tables(data: Path, enc: dict[str, Path], actors=None, use_meld=True, use_ravdess=True,
+                         use_emospeech: bool = True, augment_copies: int = AUGMENT_COPIES):
+    """The training corpora under `data`, as tables: RAVDESS (`actors`, or all), EmoSpeech's
+    training speakers (`data.emospeech`: evaluation and calibration users never), MELD train.
+    The acted corpora also come as `augment_copies` channel-augmented copies (`data.augment`)."""
+    from mlsan_edge.data.extract import emospeech_table, meld_table, ravdess_table
 
     tables = []
     if use_ravdess:
         tables.append(ravdess_table(data / "ravdess", enc["text_encoder"], enc["voice_encoder"], actors=actors,
-                                    vad=enc.get("vad")))
+                                    vad=enc.get("vad"), augment_copies=augment_copies))
+    if use_emospeech:
+        if (data / "emospeech").is_dir():
+            tables.append(emospeech_table(data / "emospeech", enc["text_encoder"], enc["voice_encoder"],
+                                          split="train", vad=enc.get("vad"), augment_copies=augment_copies))
+        else:
+            log.warning("no %s: training without EmoSpeech (pass --no-emospeech to silence this)",
+                        data / "emospeech")
     if use_meld:
         tables.append(meld_table(data / "meld", "train", enc["text_encoder"]))
     if not tables:
@@ -56,7 +70,7 @@ def data_meta(train, enc: dict[str, Path], bundle="default") -> dict:
     keeps the path it was given. `checkpoint_encoders` turns them back into files.
     """
     from mlsan_edge.bundle import resolve_bundle_path
-    from mlsan_edge.data.extract import file_sha
+    from mlsan_edge.data.extract import GROUP_STRIDE, file_sha
 
     root = resolve_bundle_path(bundle).resolve()
 
@@ -68,9 +82,14 @@ def data_meta(train, enc: dict[str, Path], bundle="default") -> dict:
 
     return {
         "data": {"corpora": train.corpus, "n_utterances": len(train),
-                 "ravdess_actors": sorted({int(g) for g, s in zip(train.group, train.speaker)
+                 "ravdess_actors": sorted({int(g) % GROUP_STRIDE for g, s in zip(train.group, train.speaker)
                                            if str(s).startswith("ravdess")}),
-                 "licence": "weights derived from RAVDESS (CC BY-NC-SA 4.0) and MELD (GPL-3.0)"},
+                 "emospeech_speakers": len({str(s).split("~")[0] for s in train.speaker
+                                            if str(s).startswith("emospeech:")}),
+                 "recipe": {"emospeech": "emospeech" in train.corpus,
+                            "augment_copies": int(max((int(str(s).rsplit("~ch", 1)[1]) for s in train.speaker
+                                                       if "~ch" in str(s)), default=0))},
+                 "licence": "weights derived from RAVDESS and EmoSpeech (CC BY-NC-SA 4.0) and MELD (GPL-3.0)"},
         "encoders": {k: portable(v) for k, v in enc.items()},
         "encoder_bundle": str(bundle),  # as given; `mlsan-edge export` rewrites it to the new bundle's files
         "encoder_sha256": {k: file_sha(v) for k, v in enc.items()},
@@ -124,7 +143,10 @@ def fit_voice_scorer(train):
     emotions per speaker is what it learns to ignore); None without RAVDESS actors."""
     from mlsan_edge.features.voice_scorer import VoiceScorer
 
-    rows = train.mask_voice & np.char.startswith(train.speaker.astype(str), "ravdess")
+    from mlsan_edge.data.table import augmented_rows
+
+    # original RAVDESS voices only: an augmented copy is the same person through another channel
+    rows = train.mask_voice & np.char.startswith(train.speaker.astype(str), "ravdess") & ~augmented_rows(train.speaker)
     if len(np.unique(train.speaker[rows])) < 2:
         log.warning("fewer than 2 RAVDESS speakers in the training data: no voice scorer (plain cosine matching)")
         return None
@@ -133,24 +155,33 @@ def fit_voice_scorer(train):
 
 def run_training(data: Path, out: Path, config: str = "teacher", epochs: int | None = None, seed: int = 0,
                  actors: list[int] | None = None, use_meld: bool = True, use_ravdess: bool = True,
-                 text_encoder: str | Path | None = None, ensemble: int | None = None,
-                 bundle: str | Path = "default") -> dict:
+                 use_emospeech: bool = True, augment_copies: int = AUGMENT_COPIES,
+                 text_encoder: str | Path | None = None, ensemble: int | None = None, bundle: str | Path = "default") -> dict:
     """Train on the corpora under `data`, their features computed with `bundle`'s encoders and VAD."""
     from mlsan_edge.train import concat_tables, fit, model_config, save_checkpoint, train_config
 
     if not data.exists():
         raise FileNotFoundError(f"data folder not found: {data} (expected ravdess/ and meld/ as in ../shared/data)")
     enc = encoder_paths(text_encoder, bundle)
-    train = concat_tables(load_training_tables(data, enc, actors, use_meld, use_ravdess))
+    train = concat_tables(load_training_tables(data, enc, actors, use_meld, use_ravdess, use_emospeech, augment_copies))
     tc = train_config(config, seed=seed, **({} if epochs is None else {"epochs": epochs}),
                       **({} if ensemble is None else {"ensemble": ensemble}))
     mc = model_config(config)
     model, stats, hist = fit(train, mc, tc)
     meta = {"train": asdict(tc), "history": hist, "n_params": model.n_params(), **data_meta(train, enc, bundle)}
     save_checkpoint(out, model, stats, meta)
+    write_checkpoint_confidence(out, model, stats, train, data, enc)
     scorer = fit_voice_scorer(train)
     if scorer is not None:
         scorer.save(Path(out) / "voice_scorer.npz")
     log.info("wrote %s (%d parameters, %.0f s)", out, model.n_params(), hist["train_seconds"])
     return {"checkpoint": str(out), "n_params": model.n_params(), "train_seconds": hist["train_seconds"],
             "final_loss": round(hist["loss"][-1], 4)}
+
+
+def write_checkpoint_confidence(out: Path, model, stats, train, data: Path, enc: dict) -> None:
+    """The checkpoint's confidence.json: temperature on held-out speakers, training distances."""
+    from mlsan_edge.confidence_fit import calibration_tables, fit_confidence, write_confidence
+
+    actors = data_meta(train, enc)["data"]["ravdess_actors"]
+    write_confidence(out, fit_confidence(model, stats, train, calibration_tables(data, enc, actors)))

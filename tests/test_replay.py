@@ -56,6 +56,19 @@ def test_stream_order_shuffles_only_chosen_groups_deterministically():
     np.testing.assert_array_equal(stream_order(t, shuffle_groups=set(), seed=3), base)
 
 
+def test_stream_order_neutral_first_puts_a_speakers_neutral_clips_first():
+    t = make_table(groups=(12, 12, 12))
+    neutral = 0  # EMOTIONS[0]
+    a = stream_order(t, shuffle_groups={1, 2}, seed=3, neutral_first=True)
+    assert sorted(a) == list(range(len(t)))
+    for g in (1, 2):
+        labels = t.label[a[t.group[a] == g]]
+        k = int((labels == neutral).sum())
+        assert k > 0 and (labels[:k] == neutral).all() and (labels[k:] != neutral).all()
+    # groups that are not shuffled keep their recorded order
+    np.testing.assert_array_equal(a[t.group[a] == 0], stream_order(t)[t.group[stream_order(t)] == 0])
+
+
 def test_profile_inputs_are_causal():
     t = make_table()
     order = stream_order(t)

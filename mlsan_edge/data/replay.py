@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mlsan_edge.config import MODALITIES
+from mlsan_edge.config import EMOTIONS, MODALITIES
 from mlsan_edge.data.table import UtteranceTable
 from mlsan_edge.profile import CALIBRATED, PRIOR_COUNT, GlobalStats, SpeakerProfile, profile_row, speaker_voice
 
@@ -20,16 +20,24 @@ if TYPE_CHECKING:
     from mlsan_edge.backends.stages import Stages
 
 
-def stream_order(t: UtteranceTable, shuffle_groups: set[int] | None = None, seed: int = 0) -> np.ndarray:
+def stream_order(t: UtteranceTable, shuffle_groups: set[int] | None = None, seed: int = 0,
+                 neutral_first: bool = False) -> np.ndarray:
     """Row indices in the order the device would see them: groups in id order, and within a
-    group by position — or, for groups in `shuffle_groups`, in a seeded random order."""
+    group by position — or, for groups in `shuffle_groups`, in a seeded random order.
+
+    `neutral_first` (training): within each shuffled group, the speaker's neutral utterances
+    come first, as a device mostly hears a person's everyday voice before anything else; the
+    running profile is then anchored on how the speaker sounds when neutral (issue #9)."""
     rng = np.random.default_rng(seed)
+    neutral = EMOTIONS.index("neutral")
     order = []
     for g in np.unique(t.group):
         idx = np.where(t.group == g)[0]
         idx = idx[np.argsort(t.position[idx], kind="stable")]
         if shuffle_groups is not None and g in shuffle_groups:
             idx = rng.permutation(idx)
+            if neutral_first:
+                idx = np.concatenate([idx[t.label[idx] == neutral], idx[t.label[idx] != neutral]])
         order.append(idx)
     return np.concatenate(order)
 

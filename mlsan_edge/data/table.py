@@ -65,6 +65,21 @@ class UtteranceTable:
                                  f"(first at row {int(np.argmax(bad))}); re-extract or drop them")
 
 
+ACTED_PREFIXES = ("ravdess", "emospeech:")  # corpora of acted clips, one stream per speaker (not dialogues)
+
+
+def acted_rows(speaker: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows from an acted corpus (RAVDESS, EmoSpeech and their channel-augmented copies),
+    which train with modality dropout and unweighted classes; the rest are dialogues (MELD, pickles)."""
+    s = np.asarray(speaker).astype(str)
+    return np.logical_or.reduce([np.char.startswith(s, p) for p in ACTED_PREFIXES])
+
+
+def augmented_rows(speaker: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows of channel-augmented copies (speaker keys ending in `~chK`)."""
+    return np.char.find(np.asarray(speaker).astype(str), "~ch") >= 0
+
+
 def empty_table(corpus: str, n: int, audio_dim: int) -> dict:
     return dict(corpus=corpus, audio=np.zeros((n, audio_dim), np.float32),
                 visual=np.zeros((n, VISUAL_DIM), np.float32), text=np.zeros((n, TEXT_DIM), np.float32),
