@@ -80,3 +80,26 @@ def test_refresh_of_one_speaker_equals_a_rebuild():
         q = unit(0.15, 1, 0.1)
         assert inc.nearest(q) == full.nearest(q)
         assert not inc.refresh(9, profs[2])  # unknown speaker: the caller rebuilds
+
+
+def test_nearest_can_leave_speakers_out_and_scores_against_keyed_sets_follow_the_centre():
+    """The named-person check: the best *unnamed* speaker (named ids left out), and enrolled voices
+    prepared once per (set, centre) but never served for another set or an old centre."""
+    from mlsan_edge.features.voice_scorer import VoiceScorer
+
+    rng = np.random.default_rng(1)
+    scorer = VoiceScorer.fit(rng.normal(size=(40, D)), np.repeat(np.arange(4), 10))
+    for sc in (None, scorer):
+        idx = VoiceIndex(sc, D)
+        idx.rebuild(profiles(s1=[unit(1, 0)], s2=[unit(0, 1)]))
+        assert idx.nearest(unit(1, 0.1), exclude={1})[0] == 2
+        assert idx.nearest(unit(1, 0.1), exclude={1, 2}) == (None, float("-inf"))
+        assert len(idx.all_scores(unit(1))) == 2
+        a, b = np.stack([unit(1, 0), unit(1, 1)]), np.stack([unit(0, 0, 1)])
+        fresh = idx.scores_against(unit(1, 0.2), a)
+        np.testing.assert_allclose(idx.scores_against(unit(1, 0.2), a, key="a"), fresh, rtol=1e-6)
+        np.testing.assert_allclose(idx.scores_against(unit(1, 0.2), b, key="b"),
+                                   idx.scores_against(unit(1, 0.2), b), rtol=1e-6)
+        idx.rebuild(profiles(s1=[unit(1, 0)], s2=[unit(0, 1)], s3=[unit(0, 0, 1)]))  # a new centre
+        np.testing.assert_allclose(idx.scores_against(unit(1, 0.2), a, key="a"),
+                                   idx.scores_against(unit(1, 0.2), a), rtol=1e-6)

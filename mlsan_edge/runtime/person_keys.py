@@ -6,20 +6,30 @@ The speaker cache (`speakers.py`) knows a person by up to three keys:
   heard of them, as before);
 * the **face**: the mean of the 128-d face descriptors (`face_identity.py`) of the face tracks
   their utterances were attributed to; matched by Euclidean distance (`FACE_THRESHOLD`);
-* the **enrolled voices**: the unit sum of the voices given at enrolment (`speakers enroll`), kept
-  apart from the moving centroid so a named person stays a fixed verification target.
+* the **enrolled voices**: the voices given at enrolment (`speakers enroll`), each kept (up to
+  `MAX_ENROL_VOICES`) beside their unit sum, apart from the moving centroid, so a named person
+  stays a fixed verification target (`named_persons.py` scores a voice against each of them);
+* the **learned voices**: up to `MAX_LEARNED_VOICES` later voices of the named person that
+  verified with a high score against the enrolled ones (adaptive enrolment, `named_persons.py`).
 
 `PersonKeys` is stored as JSON in the speaker row's `identity` column, sealed like the profile
-when the cache has a key; `FaceIndex` is the in-memory nearest-face search.
+when the cache has a key (the enrolled and learned voices are biometric data like the centroid);
+`FaceIndex` is the in-memory nearest-face search.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mlsan_edge.runtime.face_identity import FACE_DIM
+
+MAX_ENROL_VOICES = 32  # enrolment voices kept one by one (the sum keeps them all)
+MAX_LEARNED_VOICES = 16  # learned voices kept (the oldest goes first)
+_DECIMALS = 6  # stored precision of a kept voice (float32 holds ~7 digits)
+_VERSIONS = itertools.count(1)  # process-wide, so no two states of any person share a version
 
 
 @dataclass
@@ -30,6 +40,10 @@ class PersonKeys:
     face_count: int = 0
     enrol_sum: np.ndarray | None = None  # (voice_dim,) sum of unit enrolment voices
     enrol_count: int = 0
+    enrol_voices: list = field(default_factory=list)  # (voice_dim,) float32 unit enrolment voices, oldest first
+    learned_voices: list = field(default_factory=list)  # (voice_dim,) float32 unit learned voices, oldest first
+    version: int = field(default_factory=lambda: next(_VERSIONS))  # new on every change of the voices
+    #                                                  (not stored): caches key on (id, version)
 
     def face(self) -> np.ndarray | None:
         """(128,) float32 face centroid, or None when the face was never seen."""
@@ -50,12 +64,24 @@ class PersonKeys:
         v = np.asarray(unit_voice, np.float64).reshape(-1)
         self.enrol_sum = v if self.enrol_sum is None else self.enrol_sum + v
         self.enrol_count += 1
+        self.enrol_voices = (self.enrol_voices + [v.astype(np.float32)])[-MAX_ENROL_VOICES:]
+        self.version = next(_VERSIONS)
+
+    def add_learned(self, unit_voice: np.ndarray) -> None:
+        """Keep a later voice that verified against the enrolled ones (the oldest learned one goes
+        beyond `MAX_LEARNED_VOICES`)."""
+        v = np.asarray(unit_voice, np.float32).reshape(-1)
+        self.learned_voices = (self.learned_voices + [v])[-MAX_LEARNED_VOICES:]
+        self.version = next(_VERSIONS)
 
     def merge(self, other: "PersonKeys") -> None:
         self.face_sum, self.face_count = self.face_sum + other.face_sum, self.face_count + other.face_count
         if other.enrol_count:
             self.enrol_sum = other.enrol_sum.copy() if self.enrol_sum is None else self.enrol_sum + other.enrol_sum
             self.enrol_count += other.enrol_count
+        self.enrol_voices = (self.enrol_voices + other.enrol_voices)[-MAX_ENROL_VOICES:]
+        self.learned_voices = (self.learned_voices + other.learned_voices)[-MAX_LEARNED_VOICES:]
+        self.version = next(_VERSIONS)
 
     def __bool__(self) -> bool:
         return bool(self.face_count or self.enrol_count)
@@ -66,6 +92,9 @@ class PersonKeys:
             d.update(face_sum=self.face_sum.tolist(), face_count=int(self.face_count))
         if self.enrol_count:
             d.update(enrol_sum=self.enrol_sum.tolist(), enrol_count=int(self.enrol_count))
+        for k in ("enrol_voices", "learned_voices"):
+            if getattr(self, k):
+                d[k] = np.round(np.stack(getattr(self, k)).astype(np.float64), _DECIMALS).tolist()
         return d
 
     @classmethod
@@ -76,6 +105,9 @@ class PersonKeys:
             k.face_sum, k.face_count = np.asarray(d["face_sum"], np.float64), int(d["face_count"])
         if d.get("enrol_count"):
             k.enrol_sum, k.enrol_count = np.asarray(d["enrol_sum"], np.float64), int(d["enrol_count"])
+        # a cache from before the voices were kept one by one has only the sum: verified against it
+        k.enrol_voices = [np.asarray(v, np.float32) for v in d.get("enrol_voices", [])][-MAX_ENROL_VOICES:]
+        k.learned_voices = [np.asarray(v, np.float32) for v in d.get("learned_voices", [])][-MAX_LEARNED_VOICES:]
         return k
 
 
@@ -103,4 +135,4 @@ class FaceIndex:
         return bool(np.any(self.ids == sid))
 
 
-__all__ = ["PersonKeys", "FaceIndex"]
+__all__ = ["PersonKeys", "FaceIndex", "MAX_ENROL_VOICES", "MAX_LEARNED_VOICES"]

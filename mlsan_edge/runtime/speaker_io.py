@@ -1,6 +1,6 @@
 """The speaker cache's export file: every speaker's name, profile, identity keys (face descriptor
-centroid, enrolled voices) and times as JSON (no cached parameters, no audio or images), written
-0600 and replaced atomically. `SpeakerCache.export` and
+centroid, enrolled and learned voices) and times as JSON (no cached parameters, no audio or
+images), written 0600 and replaced atomically: biometric data, kept as safe as the cache. `SpeakerCache.export` and
 `SpeakerCache.import_` use it."""
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def _check_speaker(path: Path, i: int, sp, voice_dim: int) -> None:
 
 
 def _check_identity(ident, voice_dim: int, bad) -> None:
-    """An identity dict (speakers.py): {"face_sum": [128], "face_count": n, "enrol_sum": [voice_dim], "enrol_count": n}."""
+    """An identity dict (person_keys.py): {"face_sum": [128], "face_count": n, "enrol_sum": [voice_dim],
+    "enrol_count": n, "enrol_voices": [[voice_dim], ...], "learned_voices": [[voice_dim], ...]}."""
     from mlsan_edge.runtime.face_identity import FACE_DIM
 
     if not isinstance(ident, dict):
@@ -102,3 +103,18 @@ def _check_identity(ident, voice_dim: int, bad) -> None:
                 raise bad(f"identity {key}_sum is not a list of numbers ({e})") from e
             if a.shape != (dim,) or not np.isfinite(a).all():
                 raise bad(f"identity {key}_sum must be {dim} finite numbers")
+    for key in ("enrol_voices", "learned_voices"):
+        v = ident.get(key, [])
+        if not isinstance(v, list):
+            raise bad(f"identity {key} is not a list")
+        if not v:
+            continue
+        try:
+            a = np.asarray(v, np.float64)
+        except (TypeError, ValueError) as e:
+            raise bad(f"identity {key} is not a list of voices ({e})") from e
+        if a.ndim != 2 or a.shape[1] != voice_dim or not np.isfinite(a).all() \
+                or not (np.linalg.norm(a, axis=1) > 0).all():
+            raise bad(f"identity {key} must be non-zero voices of {voice_dim} finite numbers each")
+    if ident.get("enrol_voices") and not ident.get("enrol_count"):
+        raise bad("identity enrol_voices without enrol_count")

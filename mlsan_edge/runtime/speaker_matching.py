@@ -11,9 +11,10 @@ and `SpeakerStore`; all set up by `SpeakerCache.__init__`):
 * without a face, the voice decides (`threshold` / `new_threshold`, auto-merge of splinters);
 * a voice shorter than `min_voice_s` never creates, moves, binds or merges anyone: without a face
   the event says the speaker is unknown (issue #10);
-* a named (enrolled) person is a verification target: their id goes only to a voice that scores
-  at least `named_threshold` against their enrolment voices and beats the next named person by
-  `named_margin`.
+* a named (enrolled) person is a verification target (`named_persons.py`): their id goes only to
+  a voice that verifies against their enrolled (and learned) voices, beats the next named person
+  and is matched no better by an unnamed speaker; a voice verified with a high score against the
+  enrolled voices is learned.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mlsan_edge.runtime.named_persons import Verdict
 from mlsan_edge.runtime.person_keys import PersonKeys
 
 log = logging.getLogger("mlsan_edge.runtime.speakers")
@@ -91,14 +93,15 @@ class MatchingPolicy:
     def _identify_voice(self, e: np.ndarray, update: bool, now: float) -> Match:
         """The voice alone (no face): a verified named person, else the nearest voice cluster."""
         sid, sim = self._index.nearest(e)
-        named = self._verify_named(e)
+        named = self._named.verify(e, self._keys, self._index)
         if named is not None:  # a named person is a verification target, checked before clustering
-            nsid, nscore = named
+            nsid = named.speaker_id
             if update:
                 here = self._index.score_of(e, nsid)
                 self._fold_voice(nsid, e, now, move=here is not None and here >= self.new_threshold)
+                self._learn(named, e)
                 nsid = self._auto_merge(nsid)
-            return Match(nsid, sim, False, "voice", voice_similarity=nscore)
+            return Match(nsid, sim, False, "voice", voice_similarity=named.score)
         if sid is not None and sim >= self.new_threshold and not self._refused(sid):
             if update:
                 self._fold_voice(sid, e, now, move=sim >= self.threshold)  # grey zone: attribute, do not move
@@ -138,9 +141,9 @@ class MatchingPolicy:
         # a face not seen before: the voice may belong to a person who has no face yet (bind)
         bind, score = None, None
         if not short:
-            named = self._verify_named(e)
-            if named is not None and named[0] not in self._faces:
-                bind, score = named
+            named = self._named.verify(e, self._keys, self._index)
+            if named is not None and named.speaker_id not in self._faces:
+                bind, score = named.speaker_id, named.score
             elif vid is not None and vsim >= self.threshold and vid not in self._faces and not self._refused(vid):
                 bind, score = vid, vsim
         if not update:
@@ -163,20 +166,14 @@ class MatchingPolicy:
         k = self._keys.get(sid)
         return bool(self.strict_names and k is not None and k.enrol_count)
 
-    def _verify_named(self, e: np.ndarray) -> tuple[int, float] | None:
-        """(id, score) of the enrolled person this voice verifies against: the best score against
-        the enrolled voices at least `named_threshold` and ahead of the next named person by
-        `named_margin`; else None."""
-        named = [(sid, k.enrolled_voice()) for sid, k in self._keys.items() if k.enrol_count]
-        if not named:
-            return None
-        scores = self._index.scores_against(e, np.stack([c for _, c in named]))
-        order = np.argsort(scores)[::-1]
-        best = float(scores[order[0]])
-        second = float(scores[order[1]]) if len(order) > 1 else float("-inf")
-        if best >= self.named_threshold and best - second >= self.named_margin:
-            return named[int(order[0])][0], best
-        return None
+    def _learn(self, verdict: Verdict, e: np.ndarray) -> None:
+        """Keep a voice verified with a high score against the enrolled voices (`named_persons.py`)."""
+        if not self._named.learns(verdict):
+            return
+        keys = self._keys[verdict.speaker_id]
+        keys.add_learned(e)
+        with self._store.transaction():
+            self._store.write_identity(verdict.speaker_id, keys.to_dict())
 
     def _fold_voice(self, sid: int, e: np.ndarray, now: float, move: bool) -> None:
         """Count an utterance of `sid`; with `move`, fold its voice into their centroid."""

@@ -14,7 +14,7 @@ overwritten (`secure_delete`), and `scrub()` truncates the WAL and vacuums, so n
 forgotten speaker is left in the file.
 
 With a key (`speaker_crypto.py`: $MLSAN_CACHE_KEY or a key file) the profile, identity (face
-descriptor centroid, enrolled voices: biometric data like the voice) and params columns are sealed
+descriptor centroid, enrolled and learned voices: biometric data like the voice) and params columns are sealed
 with AES-256-GCM; names, ids and times stay in clear. The identity column was added after schema
 version 1 shipped: a file without it gains it when opened (an additive change; older runtimes
 ignore it).

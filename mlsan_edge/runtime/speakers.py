@@ -18,10 +18,11 @@ its (few) voices fits another speaker's settled centroid (`merge_threshold`); ev
 emitted keep the id they had.
 
 Who is speaking (face first, voice as the fallback, names verified: `identify`) is
-`speaker_matching.py`; storage (SQLite, mode 0600, WAL, transactions, a corrupt file moved aside)
-`speaker_store.py`; the export file `speaker_io.py`. The cache holds at most `max_speakers`; adding one more evicts
-the least recently seen (unnamed speakers before enrolled ones). `forget()` deletes with `secure_delete`, truncates the
-WAL and vacuums, so nothing of the speaker is left in the file.
+`speaker_matching.py`, with the verification of named persons in `named_persons.py`; storage
+(SQLite, mode 0600, WAL, transactions, a corrupt file moved aside) `speaker_store.py`; the export
+file `speaker_io.py`. The cache holds at most `max_speakers`; adding one more evicts the least
+recently seen (unnamed speakers before enrolled ones). `forget()` deletes with `secure_delete`,
+truncates the WAL and vacuums, so nothing of the speaker is left in the file.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ import numpy as np
 from mlsan_edge.config import VOICE_DIM
 from mlsan_edge.profile import SpeakerProfile
 from mlsan_edge.runtime.face_identity import FACE_DIM, FACE_THRESHOLD
+from mlsan_edge.runtime.named_persons import (  # noqa: F401 (re-exported)
+    DEFAULT_LEARN_THRESHOLD, DEFAULT_NAMED_COSINE, DEFAULT_NAMED_THRESHOLD, NAMED_MARGIN, NAMED_MARGIN_COSINE,
+    NamedPersons)
 from mlsan_edge.runtime.person_keys import FaceIndex, PersonKeys
 from mlsan_edge.runtime.speaker_io import read_export, write_export
 from mlsan_edge.runtime.speaker_matching import Match, MatchingPolicy, unit_voice  # noqa: F401 (Match re-exported)
@@ -56,15 +60,8 @@ DEFAULT_MAX_SPEAKERS = 200
 # never creates, moves, binds or merges a person (issue #10: six people saying single digits all
 # became one speaker).
 MIN_VOICE_S = 1.0
-# Named (enrolled) persons are verification targets: a voice is given a name when it scores at
-# least this against the person's enrolled voices (scorer units; cosine without a scorer) and
-# beats the next named person by NAMED_MARGIN. `benchmarks/enrol_named.py --calibrate` sweeps it on
-# RAVDESS training actors 1-16 (results/enrol_named.json "calibration"); the cosine values are
-# unmeasured guesses for bundles without a scorer.
-DEFAULT_NAMED_THRESHOLD = 2.5
-DEFAULT_NAMED_COSINE = 0.8
-NAMED_MARGIN = 0.5
-NAMED_MARGIN_COSINE = 0.05
+# Named (enrolled) persons are verification targets (`named_persons.py`: enrolled voices one by
+# one, learned voices, threshold and margin, no better unnamed match); their defaults live there.
 
 
 @dataclass(frozen=True)
@@ -108,6 +105,10 @@ class SpeakerCache(MatchingPolicy):
             whisper); once the speaker's centroid has settled, the splinter is folded back.
             Two named (enrolled) speakers are never merged; a named one always survives.
         auto_merge: whether to merge splinters as above.
+        named_threshold, named_margin, learn_threshold, compete_unnamed: how a voice is verified
+            against named (enrolled) persons (`named_persons.NamedPersons`; defaults there).
+        strict_names: a named person's id goes only to voices that verify (else the nearest
+            cluster may be a named person's).
         retention_days: speakers not seen for this many days are forgotten (checked when the
             cache opens and then at most hourly; enrolled speakers too). None keeps them.
         key, key_file: encrypt the profiles and cached parameters at rest (`speaker_crypto.py`);
@@ -120,14 +121,13 @@ class SpeakerCache(MatchingPolicy):
                  auto_merge: bool = True, retention_days: float | None = None, key: str | bytes | None = None,
                  key_file: str | Path | None = None, face_threshold: float = FACE_THRESHOLD,
                  min_voice_s: float = MIN_VOICE_S, named_threshold: float | None = None,
-                 named_margin: float | None = None, strict_names: bool = True) -> None:
+                 named_margin: float | None = None, strict_names: bool = True,
+                 learn_threshold: float | None = None, compete_unnamed: bool = True) -> None:
         self.scorer = scorer
         self.face_threshold, self.min_voice_s = float(face_threshold), float(min_voice_s)
-        self.named_threshold = float(named_threshold if named_threshold is not None else
-                                     (DEFAULT_NAMED_THRESHOLD if scorer is not None else DEFAULT_NAMED_COSINE))
-        if named_margin is None:
-            named_margin = NAMED_MARGIN if scorer is not None else NAMED_MARGIN_COSINE
-        self.named_margin, self.strict_names = float(named_margin), bool(strict_names)
+        self._named = NamedPersons(scorer is not None, named_threshold, named_margin, learn_threshold, compete_unnamed)
+        self.named_threshold, self.named_margin = self._named.threshold, self._named.margin
+        self.strict_names = bool(strict_names)
         if threshold is None:
             threshold = scorer.threshold if scorer is not None else DEFAULT_THRESHOLD
         self.threshold = float(threshold)

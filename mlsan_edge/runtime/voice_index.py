@@ -34,6 +34,7 @@ class VoiceIndex:
         # id -> (how many voices, the centre they were prepared for, their prepare()): judging a
         # splinter re-scores its few voices on every utterance; preparing them once is ~5x cheaper
         self._ex_prep: dict[int, tuple] = {}
+        self._set_prep: dict = {}  # key -> (centre, prepare()) of the vectors `scores_against` was given last
 
     def rebuild(self, profiles: Mapping[int, SpeakerProfile]) -> None:
         """Follow the profiles (after any change); a centroid is re-prepared only when it moved."""
@@ -91,14 +92,23 @@ class VoiceIndex:
     def _combine(self, sims, mu_a, sd_a, mu_b, sd_b) -> np.ndarray:
         return sims if self.scorer is None else self.scorer.combine(sims, mu_a, sd_a, mu_b, sd_b)
 
-    def nearest(self, unit: np.ndarray) -> tuple[int | None, float]:
-        """(speaker id, score) of the best-scoring known speaker; (None, -inf) when there is none."""
-        if not self.ids.shape[0]:
+    def nearest(self, unit: np.ndarray, exclude: Iterable[int] = ()) -> tuple[int | None, float]:
+        """(speaker id, score) of the best-scoring known speaker, leaving out the ids in `exclude`;
+        (None, -inf) when there is none."""
+        scores = self.all_scores(unit)
+        if exclude:
+            scores = np.where(np.isin(self.ids, list(exclude)), -np.inf, scores)
+        if not scores.shape[0] or not np.isfinite(scores).any():
             return None, float("-inf")
-        p, mu, sd = (a[0] for a in self.prepare(unit[None]))
-        scores = self._combine(self._proj @ p, mu, sd, self._mu, self._sd)
         best = int(np.argmax(scores))
         return int(self.ids[best]), float(scores[best])
+
+    def all_scores(self, unit: np.ndarray) -> np.ndarray:
+        """(n,) scores of a voice against every known speaker's centroid, in the order of `ids`."""
+        if not self.ids.shape[0]:
+            return np.zeros(0, np.float32)
+        p, mu, sd = (a[0] for a in self.prepare(unit[None]))
+        return np.asarray(self._combine(self._proj @ p, mu, sd, self._mu, self._sd), np.float32)
 
     def score_of(self, unit: np.ndarray, sid: int) -> float | None:
         """The score of a voice against one known speaker's centroid (None: no voice centroid)."""
@@ -109,12 +119,19 @@ class VoiceIndex:
         p, mu, sd = (a[0] for a in self.prepare(unit[None]))
         return float(self._combine(self._proj[r:r + 1] @ p, mu, sd, self._mu[r:r + 1], self._sd[r:r + 1])[0])
 
-    def scores_against(self, unit: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-        """(k,) scores of a voice against (k, D) unit centroids that are not in the index (a named
-        person's enrolled voices), on the same scale as `nearest` (the same centre and cohort)."""
+    def scores_against(self, unit: np.ndarray, centroids: np.ndarray, key=None) -> np.ndarray:
+        """(k,) scores of a voice against (k, D) unit vectors that are not in the index (named
+        persons' enrolled and learned voices), on the same scale as `nearest` (the same centre and
+        cohort). With a `key` (any hashable that changes whenever `centroids` does), their
+        preparation is kept until the key or the centre changes."""
         if not len(centroids):
             return np.zeros(0, np.float32)
-        pc, mc, sc = self.prepare(np.asarray(centroids, np.float32))
+        hit = self._set_prep.get(key) if key is not None else None
+        if hit is None or hit[0] is not self._mean:
+            hit = (self._mean, self.prepare(np.asarray(centroids, np.float32)))
+            if key is not None:
+                self._set_prep = {key: hit}  # one set (the named persons) is in use at a time
+        pc, mc, sc = hit[1]
         p, mu, sd = (a[0] for a in self.prepare(unit[None]))
         return np.asarray(self._combine(pc @ p, mu, sd, mc, sc), np.float32)
 
