@@ -34,10 +34,15 @@ CONFIDENCE_FILE = "confidence.json"
 VISUAL_OOD_MAX = 1.5  # visual vectors farther than 1.5x the training p99 are not used
 
 
+def _rms_z(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """RMS z-score over the last axis of `x` (..., D) against per-dimension `mean`/`var` (D,)."""
+    z = (np.asarray(x, np.float64) - np.asarray(mean, np.float64)) / np.sqrt(np.asarray(var, np.float64))
+    return np.sqrt(np.mean(z * z, axis=-1))
+
+
 def feature_distance(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> float:
     """RMS z-score of the raw feature vector `x` (D,) against per-dimension `mean`/`var` (D,)."""
-    z = (np.asarray(x, np.float64) - np.asarray(mean, np.float64)) / np.sqrt(np.asarray(var, np.float64))
-    return float(np.sqrt(np.mean(z * z)))
+    return float(_rms_z(x, mean, var))
 
 
 def temper(probs: np.ndarray, temperature) -> np.ndarray:
@@ -121,15 +126,13 @@ class Confidence:
 
 def distance_quantiles(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> dict:
     """p50/p95/p99 of `feature_distance` over the rows of `x` (N, D)."""
-    z = (np.asarray(x, np.float64) - mean) / np.sqrt(var)
-    d = np.sqrt(np.mean(z * z, axis=1))
+    d = _rms_z(x, mean, var)
     return {q: round(float(np.percentile(d, int(q[1:]))), 4) for q in ("p50", "p95", "p99")}
 
 
 def ood_rows(x: np.ndarray, mask: np.ndarray, mean: np.ndarray, var: np.ndarray, p99: float) -> np.ndarray:
     """Per row of `x` (N, D): its distance over `p99` (NaN where `mask` is False)."""
-    z = (np.asarray(x, np.float64) - mean) / np.sqrt(var)
-    return np.where(np.asarray(mask, bool), np.sqrt(np.mean(z * z, axis=1)) / p99, np.nan)
+    return np.where(np.asarray(mask, bool), _rms_z(x, mean, var) / p99, np.nan)
 
 
 __all__ = ["CONFIDENCE_FILE", "VISUAL_OOD_MAX", "Confidence", "distance_quantiles", "feature_distance",

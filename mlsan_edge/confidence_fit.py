@@ -74,7 +74,7 @@ def fit_confidence(model, stats, train, held_out: list) -> Confidence:
     p, y, ood = np.concatenate(probs), np.concatenate(labels), np.concatenate(oods)
     slope = fit_slope(p, y, ood, knee)
     conf = Confidence(1.0, distance, {}, round(slope, 4), knee)
-    q = temper(p, np.array([conf.temperature_at(o) for o in ood])[:, None])
+    q = _tempered(conf, p, ood)
     fitted = {"data": ", ".join(names), "utterances": int(len(y)),
               "accuracy": round(float((p.argmax(1) == y).mean()), 4),
               "ece_before": round(calibration_error(p.max(1), p.argmax(1) == y), 4),
@@ -90,7 +90,11 @@ def calibrated_rows(conf: Confidence, probs: np.ndarray, table, stats) -> np.nda
     p99 = conf.distance.get("audio", {}).get("p99")
     if not p99:
         return temper(probs, conf.temperature)
-    ood = ood_rows(table.audio, table.mask_audio, stats.mean["audio"], stats.var["audio"], p99)
+    return _tempered(conf, probs, ood_rows(table.audio, table.mask_audio, stats.mean["audio"], stats.var["audio"], p99))
+
+
+def _tempered(conf: Confidence, probs: np.ndarray, ood: np.ndarray) -> np.ndarray:
+    """Each row of `probs` at the temperature of its audio distance `ood` (NaN: the base)."""
     return temper(probs, np.array([conf.temperature_at(o) for o in ood])[:, None])
 
 
