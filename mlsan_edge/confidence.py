@@ -2,13 +2,21 @@
 
 A bundle may carry `confidence.json` (written by `mlsan-edge export`, read by `Stages`):
 
-    temperature     the base temperature T0 (1: in domain the network is calibrated as it is;
-                    cross-validation on unseen RAVDESS actors measured ECE 4 % before any scaling)
+    temperature     the base temperature T0 of an utterance whose face was used, with face features
+                    of the kind training saw (OpenFace action units): 1, or cross-fitted on the
+                    held-out actors of cross-validation (`mlsan-edge calibrate --crossval`)
+    temperature_audio_only
+                    the base temperature of an utterance heard without a face (no camera, no face
+                    in view, or a face unlike the training faces): the voice alone is less sure
+                    than voice and face together, so it gets its own base, fitted with the slope.
+                    The runtime's live faces are landmark proxies, not OpenFace: an utterance heard
+                    with one gets max(T0, this base), so a face can change an answer but never
+                    make it surer than the voice-only calibration
     slope, knee     T grows with the audio's distance to the training data:
-                    T = T0 + slope * max(0, ood_audio - knee), `slope` fitted on held-out speakers
-                    (never trained on; other microphones and people), so an unusual voice gets
-                    flatter probabilities and a RAVDESS-like one keeps its own. Probabilities
-                    are softmax(log p / T), which keeps the ranking.
+                    T = base + slope * max(0, ood_audio - knee), base and slope fitted on held-out
+                    speakers heard audio only (never trained on; other microphones and people), so
+                    an unusual voice gets flatter probabilities and a RAVDESS-like one keeps its
+                    own. Probabilities are softmax(log p / T), which keeps the ranking.
     distance        per modality, quantiles of `feature_distance` over the training utterances
     fitted_on       what the slope was fitted on, and the calibration error before and after
 
@@ -79,6 +87,15 @@ def fit_slope(probs: np.ndarray, labels: np.ndarray, ood: np.ndarray, knee: floa
     return float(grid[int(np.argmin([_nll(probs, labels, base + k * excess) for k in grid]))])
 
 
+def fit_base_and_slope(probs: np.ndarray, labels: np.ndarray, ood: np.ndarray, knee: float) -> tuple[float, float]:
+    """(base, slope) minimising the NLL of `labels` under T = base + slope * max(0, ood - knee);
+    base from 1 to 4 (a held-out voice is never made more confident than the network)."""
+    best = min((_nll(probs, labels, b + fit_slope(probs, labels, ood, knee, b)
+                     * np.maximum(0.0, np.asarray(ood, np.float64) - knee)), b) for b in np.arange(1.0, 4.01, 0.1))
+    base = round(float(best[1]), 2)
+    return base, fit_slope(probs, labels, ood, knee, base)
+
+
 @dataclass(frozen=True)
 class Confidence:
     """A bundle's calibration (identity when the bundle has none)."""
@@ -88,15 +105,22 @@ class Confidence:
     fitted_on: dict = field(default_factory=dict)
     slope: float = 0.0  # temperature per unit of audio ood above `knee`
     knee: float = 1.0
+    temperature_audio_only: float | None = None  # base without a face (None: `temperature`)
 
-    def temperature_at(self, ood_audio: float | None) -> float:
-        """The temperature for an utterance whose audio is `ood_audio` from the training data."""
+    def temperature_at(self, ood_audio: float | None, audio_only: bool = False, live_face: bool = False) -> float:
+        """The temperature for an utterance whose audio is `ood_audio` from the training data, heard
+        without a face (`audio_only`), with the training's kind of face features, or with a live
+        face (`live_face`: the runtime's landmark proxies, not what training saw — they may change
+        the answer but never make it surer than the voice-only calibration)."""
+        t_audio = self.temperature_audio_only or self.temperature
+        base = t_audio if audio_only else max(self.temperature, t_audio) if live_face else self.temperature
         if ood_audio is None or not np.isfinite(ood_audio):
-            return self.temperature
-        return self.temperature + self.slope * max(0.0, float(ood_audio) - self.knee)
+            return base
+        return base + self.slope * max(0.0, float(ood_audio) - self.knee)
 
-    def calibrate(self, probs: np.ndarray, ood_audio: float | None = None) -> np.ndarray:
-        return temper(probs, self.temperature_at(ood_audio))
+    def calibrate(self, probs: np.ndarray, ood_audio: float | None = None, audio_only: bool = False,
+                  live_face: bool = False) -> np.ndarray:
+        return temper(probs, self.temperature_at(ood_audio, audio_only, live_face))
 
     def ood(self, x: np.ndarray | None, modality: str, mean: np.ndarray, var: np.ndarray) -> float | None:
         """`feature_distance` of `x` over the training p99 of `modality` (None: no x or no reference)."""
@@ -106,16 +130,19 @@ class Confidence:
         return feature_distance(x, mean, var) / float(ref)
 
     def to_dict(self) -> dict:
-        return {"temperature": self.temperature, "slope": self.slope, "knee": self.knee, "distance": self.distance,
-                "fitted_on": self.fitted_on}
+        return {"temperature": self.temperature, "temperature_audio_only": self.temperature_audio_only,
+                "slope": self.slope, "knee": self.knee, "distance": self.distance, "fitted_on": self.fitted_on}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Confidence":
         t, slope, knee = (float(d.get(k, v)) for k, v in (("temperature", 1.0), ("slope", 0.0), ("knee", 1.0)))
-        if not np.isfinite(t) or t <= 0 or not np.isfinite(slope) or slope < 0 or not np.isfinite(knee):
-            raise ValueError(f"{CONFIDENCE_FILE}: temperature must be positive and slope >= 0, got {t!r}, {slope!r}; "
-                             "re-export the bundle")
-        return cls(t, dict(d.get("distance", {})), dict(d.get("fitted_on", {})), slope, knee)
+        ta = d.get("temperature_audio_only")
+        ta = None if ta is None else float(ta)
+        if (not np.isfinite(t) or t <= 0 or not np.isfinite(slope) or slope < 0 or not np.isfinite(knee)
+                or (ta is not None and (not np.isfinite(ta) or ta <= 0))):
+            raise ValueError(f"{CONFIDENCE_FILE}: temperatures must be positive and slope >= 0, got {t!r}, {ta!r}, "
+                             f"{slope!r}; re-export the bundle")
+        return cls(t, dict(d.get("distance", {})), dict(d.get("fitted_on", {})), slope, knee, ta)
 
     @classmethod
     def load(cls, path: str | Path) -> "Confidence":
@@ -136,4 +163,4 @@ def ood_rows(x: np.ndarray, mask: np.ndarray, mean: np.ndarray, var: np.ndarray,
 
 
 __all__ = ["CONFIDENCE_FILE", "VISUAL_OOD_MAX", "Confidence", "distance_quantiles", "feature_distance",
-           "fit_slope", "fit_temperature", "ood_rows", "temper"]
+           "fit_base_and_slope", "fit_slope", "fit_temperature", "ood_rows", "temper"]

@@ -46,6 +46,7 @@ def run_crossval(data: Path, variants=("full",), folds: int = 5, seeds=(0,), con
 
     meld_dev = meld_table(data / "meld", "dev", enc["text_encoder"])
     from mlsan_edge.confidence_fit import calibrated_rows, calibration_tables, fit_confidence
+    from mlsan_edge.evaluate import hide_modalities
     from mlsan_edge.metrics import calibration_error
 
     calib = calibration_tables(data, enc, None)  # EmoSpeech's calibration users
@@ -73,6 +74,10 @@ def run_crossval(data: Path, variants=("full",), folds: int = 5, seeds=(0,), con
                 # the temperature as the bundle's is fitted (held-out EmoSpeech users), its ECE here
                 conf = fit_confidence(model, stats, train, calib)
                 cal = calibrated_rows(conf, probs, test, stats)
+                # what `mlsan-edge run` sees without a camera: the same stream, audio only
+                audio = hide_modalities(test.subset(np.arange(len(test))), ("audio",))
+                probs_a = predict(model, audio, order, stats)["probs"]
+                cal_a = calibrated_rows(conf, probs_a, audio, stats)
                 p_meld = predict(model, meld_dev, stream_order(meld_dev), stats)["probs"].argmax(1)
                 r_rav, r_meld = report(test.label, p_rav, EMOTIONS), report(meld_dev.label, p_meld, EMOTIONS)
                 run = {"variant": variant, "seed": seed, "fold": k, "test_actors": test_actors.tolist(),
@@ -81,6 +86,9 @@ def run_crossval(data: Path, variants=("full",), folds: int = 5, seeds=(0,), con
                        "ravdess_ece": round(100 * calibration_error(probs.max(1), p_rav == test.label), 2),
                        "temperature_slope": conf.slope,
                        "ravdess_ece_calibrated": round(100 * calibration_error(cal.max(1), p_rav == test.label), 2),
+                       "ravdess_audio_accuracy": round(100 * float((probs_a.argmax(1) == test.label).mean()), 2),
+                       "ravdess_audio_ece_calibrated": round(
+                           100 * calibration_error(cal_a.max(1), probs_a.argmax(1) == test.label), 2),
                        "epochs": tc.epochs, "ensemble": tc.ensemble, "text_dropout": mc.text_dropout, "seconds": round(time.time() - t0, 1)}
                 runs.append(run)
                 log.info("%s", run)
@@ -88,8 +96,23 @@ def run_crossval(data: Path, variants=("full",), folds: int = 5, seeds=(0,), con
                 pooled[variant]["meld"][0].append(meld_dev.label), pooled[variant]["meld"][1].append(p_meld)
                 if json_out:  # partial results survive an interrupted run
                     _write(json_out, runs, variants, pooled)
+                    _save_predictions(json_out, run, test, stats, conf, probs, probs_a)
     res = _write(json_out, runs, variants, pooled) if json_out else _summary(runs, variants, pooled)
     return res
+
+
+def _save_predictions(json_out: Path, run: dict, test, stats, conf, probs, probs_a) -> None:
+    """The fold's held-out probabilities (all modalities, audio only), labels and audio distances,
+    beside the JSON (`<name>.<variant>.s<seed>.f<fold>.npz`), so calibration choices can be
+    measured on them afterwards without retraining."""
+    from mlsan_edge.confidence import ood_rows
+
+    p99 = conf.distance.get("audio", {}).get("p99") or 1.0
+    path = Path(json_out).with_suffix(f".{run['variant']}.s{run['seed']}.f{run['fold']}.npz")
+    np.savez_compressed(path, probs=probs.astype(np.float32), probs_audio=probs_a.astype(np.float32),
+                        label=test.label, speaker=test.speaker.astype(str),
+                        ood=ood_rows(test.audio, test.mask_audio, stats.mean["audio"], stats.var["audio"], p99),
+                        slope=conf.slope, knee=conf.knee)
 
 
 def _summary(runs, variants, pooled) -> dict:
@@ -99,7 +122,8 @@ def _summary(runs, variants, pooled) -> dict:
         if not rs:
             continue
         s = {"n_runs": len(rs)}
-        for key in ("ravdess_stream_accuracy", "meld_dev_weighted_f1", "ravdess_ece", "ravdess_ece_calibrated"):
+        for key in ("ravdess_stream_accuracy", "meld_dev_weighted_f1", "ravdess_ece", "ravdess_ece_calibrated",
+                    "ravdess_audio_accuracy", "ravdess_audio_ece_calibrated"):
             if any(key not in r for r in rs):
                 continue
             vals = np.array([r[key] for r in rs])

@@ -48,6 +48,7 @@ class TrainConfig:
     ravdess_repeats: int = 3  # shuffled replays of each actor per epoch (RAVDESS is small)
     meld_weight_power: float = 0.5  # MELD class weights ∝ freq^-power (see README: rare classes)
     stage3_weight: float = 0.1
+    emospeech_weight: float = 1.0  # loss weight of EmoSpeech rows (its users outnumber RAVDESS's actors)
     drop_text: float = 0.5  # modality dropout on RAVDESS utterances (its text is uninformative)
     drop_audio: float = 0.15
     drop_visual: float = 0.3
@@ -150,6 +151,10 @@ def batch_losses(out: dict, tb: dict, batch: dict, speakers: np.ndarray, is_meld
     ce = F.cross_entropy(logits, labels, reduction="none")
     # MELD rows get the rare-class weights; RAVDESS is balanced already
     weight = torch.where(torch.from_numpy(is_meld[rows]), w_meld[labels], torch.ones_like(ce))
+    w_emo = getattr(cfg, "emospeech_weight", 1.0)
+    if w_emo != 1.0:
+        emo = np.char.startswith(speakers[rows].astype(str), "emospeech:")
+        weight = weight * torch.from_numpy(np.where(emo, w_emo, 1.0).astype(np.float32))
     hard = (ce * weight).sum() / weight.sum()
     if not (model_cfg.use_stage3 and cfg.stage3_weight > 0):
         return hard, hard.new_zeros(())

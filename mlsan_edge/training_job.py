@@ -156,7 +156,8 @@ def fit_voice_scorer(train):
 def run_training(data: Path, out: Path, config: str = "teacher", epochs: int | None = None, seed: int = 0,
                  actors: list[int] | None = None, use_meld: bool = True, use_ravdess: bool = True,
                  use_emospeech: bool = True, augment_copies: int = AUGMENT_COPIES,
-                 text_encoder: str | Path | None = None, ensemble: int | None = None, bundle: str | Path = "default") -> dict:
+                 text_encoder: str | Path | None = None, ensemble: int | None = None, bundle: str | Path = "default",
+                 neutral_first: bool = True) -> dict:
     """Train on the corpora under `data`, their features computed with `bundle`'s encoders and VAD."""
     from mlsan_edge.train import concat_tables, fit, model_config, save_checkpoint, train_config
 
@@ -164,7 +165,7 @@ def run_training(data: Path, out: Path, config: str = "teacher", epochs: int | N
         raise FileNotFoundError(f"data folder not found: {data} (expected ravdess/ and meld/ as in ../shared/data)")
     enc = encoder_paths(text_encoder, bundle)
     train = concat_tables(load_training_tables(data, enc, actors, use_meld, use_ravdess, use_emospeech, augment_copies))
-    tc = train_config(config, seed=seed, **({} if epochs is None else {"epochs": epochs}),
+    tc = train_config(config, seed=seed, neutral_first=neutral_first, **({} if epochs is None else {"epochs": epochs}),
                       **({} if ensemble is None else {"ensemble": ensemble}))
     mc = model_config(config)
     model, stats, hist = fit(train, mc, tc)
@@ -185,3 +186,27 @@ def write_checkpoint_confidence(out: Path, model, stats, train, data: Path, enc:
 
     actors = data_meta(train, enc)["data"]["ravdess_actors"]
     write_confidence(out, fit_confidence(model, stats, train, calibration_tables(data, enc, actors)))
+
+
+def recalibrate(checkpoint: Path, data: Path, temperature: float | None = None) -> dict:
+    """Refit `checkpoint`'s confidence.json without retraining (`mlsan-edge calibrate`): the training
+    table is rebuilt from the checkpoint's recorded recipe (cached features), the audio-only base and
+    slope refitted on the held-out speakers; `temperature` (the base when a face is used) is kept from
+    the existing file unless given."""
+    from mlsan_edge.confidence import CONFIDENCE_FILE, Confidence
+    from mlsan_edge.train import concat_tables, load_checkpoint
+
+    model, stats, doc = load_checkpoint(checkpoint)
+    meta = doc.get("data", {})
+    recipe = meta.get("recipe", {})
+    enc = checkpoint_encoders(checkpoint, doc)
+    train = concat_tables(load_training_tables(
+        data, enc, meta.get("ravdess_actors") or None, use_meld="meld" in str(meta.get("corpora", "meld")),
+        use_emospeech=recipe.get("emospeech", False), augment_copies=recipe.get("augment_copies", 0)))
+    if temperature is None:
+        temperature = Confidence.load(Path(checkpoint) / CONFIDENCE_FILE).temperature
+    from mlsan_edge.confidence_fit import calibration_tables, fit_confidence, write_confidence
+
+    conf = fit_confidence(model, stats, train, calibration_tables(data, enc, meta.get("ravdess_actors")), temperature)
+    write_confidence(checkpoint, conf)
+    return {k: v for k, v in conf.to_dict().items() if k != "distance"}

@@ -27,7 +27,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     res = run_training(data=Path(a.data), out=Path(a.out), config=a.config, epochs=a.epochs, seed=a.seed,
                        actors=_parse_actors(a.actors), use_meld=not a.no_meld, use_ravdess=not a.no_ravdess,
                        use_emospeech=not a.no_emospeech, augment_copies=a.augment,
-                       text_encoder=a.text_encoder, ensemble=a.ensemble)
+                       text_encoder=a.text_encoder, ensemble=a.ensemble, neutral_first=not a.no_neutral_first)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -75,6 +75,23 @@ def cmd_crossval(a: argparse.Namespace) -> int:
                        json_out=Path(a.json) if a.json else None,
                        only_folds=[int(k) for k in a.only_folds.split(",")] if a.only_folds else None)
     print(json.dumps(res["summary"], indent=2))
+    return 0
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from mlsan_edge.training_job import recalibrate
+
+    out, temperature = {}, a.temperature
+    if a.crossval:
+        from mlsan_edge.confidence_fit import crossfit_temperature, crossval_folds
+
+        out["crossfit"] = crossfit_temperature([f for j in a.crossval for f in crossval_folds(Path(j))])
+        temperature = out["crossfit"]["temperature"]
+    out["checkpoints"] = {c: recalibrate(Path(c), Path(a.data), temperature) for c in a.checkpoint}
+    print(json.dumps(out, indent=2))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(out, indent=2))
     return 0
 
 
@@ -190,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-ravdess", action="store_true", help="train without RAVDESS")
     t.add_argument("--no-emospeech", action="store_true",
                    help="train without EmoSpeech's training users (data/emospeech; CC BY-NC-SA 4.0)")
+    t.add_argument("--no-neutral-first", action="store_true",
+                   help="no replay that puts each acted speaker's neutral clips first (an ablation of the default recipe)")
     t.add_argument("--augment", type=int, default=1, metavar="N",
                    help="channel-augmented copies of every acted clip (microphone, room, noise, codec; 0: none)")
     t.add_argument("--text-encoder", default=None, help="text encoder ONNX (default: the default bundle's)")
@@ -250,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--only-folds", default=None, metavar="K,K",
                    help="run only these folds (0-based), e.g. to share the folds between processes or machines")
     c.set_defaults(func=cmd_crossval)
+
+    q = sub.add_parser("calibrate", help="refit checkpoints' confidence.json (temperatures) without retraining",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--checkpoint", nargs="+", required=True, help="checkpoint folders (teacher, student)")
+    q.add_argument("--data", default=_default_data(), help="folder holding ravdess/, emospeech/ and meld/")
+    q.add_argument("--crossval", nargs="+", default=None, metavar="JSON",
+                   help="`crossval --json` outputs (with their saved held-out predictions): the base temperature "
+                        "when a face is used is cross-fitted on them")
+    q.add_argument("--temperature", type=float, default=None,
+                   help="base temperature when a face is used (default: keep the checkpoint's)")
+    q.add_argument("--json", default=None, help="write the fitted values and the nested ECE here")
+    q.set_defaults(func=cmd_calibrate)
 
     f = sub.add_parser("finetune-text", help="fine-tune the MiniLM text encoder on MELD (torch)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

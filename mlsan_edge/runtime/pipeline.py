@@ -232,7 +232,7 @@ class Pipeline:
         tm["total_after_end"] = (clock() - job.t_end) * 1000 - (tm.get("face_wait", 0.0) if job.exclude_wait else 0.0)
         over = self.budgets.record(tm)
 
-        probs = self._calibrate(np.asarray(probs, np.float64).reshape(-1), ood.get("audio"))
+        probs = self._calibrate(np.asarray(probs, np.float64).reshape(-1), ood.get("audio"), visual is not None)
         present = [m for m, v in zip(MODALITIES, (text_vec, audio_vec, visual)) if v is not None]
         similarity = float(match.similarity) if np.isfinite(match.similarity) else None  # None: first voice
         event = Event(
@@ -307,9 +307,11 @@ class Pipeline:
             visual = None
         return visual, ood
 
-    def _calibrate(self, probs: np.ndarray, ood_audio: float | None) -> np.ndarray:
+    def _calibrate(self, probs: np.ndarray, ood_audio: float | None, face_used: bool) -> np.ndarray:
+        """The bundle's temperature (`mlsan_edge.confidence`): a live face is a landmark proxy."""
         conf = getattr(self.stages, "confidence", None)
-        return probs if conf is None else np.asarray(conf.calibrate(probs, ood_audio), np.float64)
+        return probs if conf is None else np.asarray(
+            conf.calibrate(probs, ood_audio, audio_only=not face_used, live_face=face_used), np.float64)
 
     def unknown_params(self, current_voice: np.ndarray | None) -> dict[str, np.ndarray]:
         """FiLM/gate parameters for a speaker the cache could not tell (a voice too short, no face):
