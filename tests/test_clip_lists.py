@@ -3,9 +3,11 @@
 import csv
 import hashlib
 
+import numpy as np
 import pytest
 
-from mlsan_edge.data.clip_lists import cremad_rows, emospeech_rows, grid_rows, main, write_clip_list
+from mlsan_edge.data.clip_lists import (cremad_rows, emospeech_rows, grid_rows, main, utterance_spans,
+                                        write_clip_list)
 from mlsan_edge.data.emospeech import emospeech_eval_speaker
 from mlsan_edge.runtime.clip_list import read_clip_list
 
@@ -65,18 +67,28 @@ def test_written_lists_read_back(emospeech, tmp_path):
         write_clip_list([("a.wav", "s", "happy")], tmp_path / "x.csv")  # lists hold class names
 
 
-def test_talking_lists_from_file_names(tmp_path):
+def test_utterance_spans_cut_between_utterances():
+    sr = 16000
+    rng = np.random.default_rng(0)
+    wav = rng.normal(0, 1e-4, sr * 6).astype(np.float32)  # quiet room
+    for a, b in ((0.5, 1.5), (2.5, 3.2), (4.0, 5.5)):  # three utterances; one with a 0.1 s pause inside
+        wav[int(a * sr):int(b * sr)] += rng.normal(0, 0.1, int((b - a) * sr)).astype(np.float32)
+    wav[int(4.6 * sr):int(4.7 * sr)] = 0
+    assert utterance_spans(wav, sr, 3) == [(0.0, 2.0), (2.0, 3.6), (3.6, 6.0)]
+    with pytest.raises(ValueError, match="found 3 utterances, expected 4"):
+        utterance_spans(wav, sr, 4)
+
+
+def test_talking_lists_from_the_files(tmp_path):
     (tmp_path / "grid").mkdir()
-    (tmp_path / "cremad_1001").mkdir()
     for n in ("s1_bbaf2n.mpg", "s20_brbk7n.mpg"):
         (tmp_path / "grid" / n).write_bytes(b"x")
-    for e in ("ANG", "NEU"):
-        (tmp_path / "cremad_1001" / f"1001_DFA_{e}_XX.flv").write_bytes(b"x")
     assert grid_rows(tmp_path) == [("grid/s1_bbaf2n.mpg", "s1", "neutral"), ("grid/s20_brbk7n.mpg", "s20", "neutral")]
-    assert cremad_rows(tmp_path) == [("cremad_1001/1001_DFA_ANG_XX.flv", "cremad1001", "anger"),
-                                     ("cremad_1001/1001_DFA_NEU_XX.flv", "cremad1001", "neutral")]
-    main(["talking", "--root", str(tmp_path), "--out", str(tmp_path / "lists")])
-    assert len(read_clip_list(tmp_path / "lists" / "talking_grid13.csv", root=tmp_path)) == 2
+    with pytest.raises(FileNotFoundError, match="cremad_1001_6emotions_13s.mp4"):
+        cremad_rows(tmp_path)
+    out = write_clip_list([("a.mp4", "x", "neutral", 0.0, 1.5), ("a.mp4", "x", "joy", 1.5, 3.0)], tmp_path / "c.csv")
+    assert out.read_text().splitlines() == ["path,speaker,emotion,start,end", "a.mp4,x,neutral,0.0,1.5",
+                                            "a.mp4,x,joy,1.5,3.0"]
     with pytest.raises(FileNotFoundError, match="no GRID clips"):
         grid_rows(tmp_path / "nowhere")
 
@@ -87,9 +99,9 @@ def test_shipped_lists_match_the_shared_data(shared_data):
     talking = shared_data / "talking"
     if not (talking / "grid").is_dir() or not (shared_data / "emospeech" / "labels.csv").exists():
         pytest.skip(f"no talking/ or emospeech/ under {shared_data}")
-    key = lambda c: (c.path.relative_to(c.path.parents[1]).as_posix(), c.speaker, c.emotion)  # noqa: E731
+    key = lambda c: (c.path.relative_to(talking).as_posix(), c.speaker, c.emotion)  # noqa: E731
     assert [key(c) for c in read_clip_list("talking_grid13", talking)] == grid_rows(talking)
-    assert [key(c) for c in read_clip_list("talking_cremad1001", talking)] == cremad_rows(talking)
+    assert [(*key(c), c.start, c.end) for c in read_clip_list("talking_cremad1001", talking)] == cremad_rows(talking)
     emo = shared_data / "emospeech"
     assert [(c.path.relative_to(emo).as_posix(), c.speaker, c.emotion)
             for c in read_clip_list("emospeech_eval", emo)] == emospeech_rows(emo)

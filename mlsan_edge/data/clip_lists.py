@@ -22,28 +22,34 @@ import numpy as np
 from mlsan_edge.config import EMOTIONS
 from mlsan_edge.data.emospeech import load_emospeech
 
-CREMA = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "joy", "NEU": "neutral", "SAD": "sadness"}
+CREMA_MP4 = "cremad_1001_6emotions_13s.mp4"
+# the order the six are joined in (../shared/data/README.md: neutral, happy, sad, anger, fear, disgust)
+CREMA_MP4_ORDER = ("neutral", "joy", "sadness", "anger", "fear", "disgust")
+SPEECH_DB = 30.0  # a 10 ms frame is speech within this many dB of the loudest frame
 GRID_NOTE = ("GRID corpus (Cooke, Barker, Cunningham, Shao 2006), zenodo.org/records/3625687; licence CC BY 4.0. "
              "Read speech: every clip is neutral.")
 CREMA_NOTE = ("CREMA-D (Cao et al. 2014), actor 1001; licence ODbL 1.0 (database) + DbCL 1.0 (contents). "
-              "Emotion from the file name (ANG, DIS, FEA, HAP, NEU, SAD).")
+              f"The shared {CREMA_MP4} (the six joined: {', '.join(CREMA_MP4_ORDER)}; +7 dB), one row per "
+              f"utterance, cut midway between utterances (speech: within {SPEECH_DB:.0f} dB of the loudest 10 ms).")
 EMOSPEECH_NOTE = ("EmoSpeech dataset v0.1 (RakshakTeam), users recorded outside a studio; licence CC BY-NC-SA 4.0 "
                   "(non-commercial, share-alike). calm -> neutral, angry -> anger, fearful -> fear, happy -> joy.")
 
 
-def write_clip_list(rows: list[tuple[str, str, str]], out: str | Path, notes: list[str] = ()) -> Path:
-    """(path, speaker, emotion) rows as a clip list at `out`, each note a '#' line above the header."""
+def write_clip_list(rows: list[tuple], out: str | Path, notes: list[str] = ()) -> Path:
+    """(path, speaker, emotion[, start, end]) rows as a clip list at `out`, each note a '#' line
+    above the header (start and end columns when any row has a span)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    spans = any(len(r) > 3 for r in rows)
     with open(out, "w", newline="", encoding="utf-8") as f:
         for n in notes:
             f.write(f"# {n}\n")
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["path", "speaker", "emotion"])
-        for p, s, e in rows:
+        w.writerow(["path", "speaker", "emotion", *(("start", "end") if spans else ())])
+        for p, s, e, *span in rows:
             if e not in EMOTIONS:
                 raise ValueError(f"{p}: emotion {e!r} is not one of {', '.join(EMOTIONS)}")
-            w.writerow([p, s, e])
+            w.writerow([p, s, e, *(span or ("", "") if spans else ())])
     return out
 
 
@@ -55,12 +61,36 @@ def grid_rows(talking: str | Path) -> list[tuple[str, str, str]]:
     return [(f"grid/{p.name}", p.name.split("_")[0], "neutral") for p in files]
 
 
-def cremad_rows(talking: str | Path) -> list[tuple[str, str, str]]:
-    """The CREMA-D clips under talking/cremad_1001 (1001_DFA_ANG_XX.flv: actor 1001, anger)."""
-    files = sorted(Path(talking, "cremad_1001").glob("*.flv"))
-    if not files:
-        raise FileNotFoundError(f"no CREMA-D clips (*.flv) under {Path(talking, 'cremad_1001')}")
-    return [(f"cremad_1001/{p.name}", "cremad" + p.name.split("_")[0], CREMA[p.name.split("_")[2]]) for p in files]
+def cremad_rows(talking: str | Path) -> list[tuple[str, str, str, float, float]]:
+    """The six utterances of talking/cremad_1001_6emotions_13s.mp4 (the file issue #9's acceptance
+    names), each as a span of the file, cut midway between utterances."""
+    from mlsan_edge.features.audio import SAMPLE_RATE, load_audio
+
+    path = Path(talking, CREMA_MP4)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CREMA_MP4} under {talking}")
+    wav = load_audio(path)
+    spans = utterance_spans(wav, SAMPLE_RATE, len(CREMA_MP4_ORDER))
+    return [(CREMA_MP4, "cremad1001", e, a, b) for e, (a, b) in zip(CREMA_MP4_ORDER, spans)]
+
+
+def utterance_spans(wav: np.ndarray, sr: int, n: int, min_gap_s: float = 0.3) -> list[tuple[float, float]]:
+    """`n` spans (seconds) covering `wav`, one per utterance: speech frames (10 ms, within
+    SPEECH_DB of the loudest) joined across pauses shorter than `min_gap_s`, the longest `n` runs
+    kept, each cut midway to its neighbours (the first from 0, the last to the end)."""
+    hop = sr // 100
+    frames = wav[: len(wav) // hop * hop].reshape(-1, hop)
+    db = 10 * np.log10((frames.astype(np.float64) ** 2).mean(1) + 1e-12)
+    on = np.flatnonzero(db > db.max() - SPEECH_DB)
+    if not len(on):
+        raise ValueError("no speech found")
+    breaks = np.flatnonzero(np.diff(on) > min_gap_s * 100)
+    runs = list(zip(on[np.r_[0, breaks + 1]], on[np.r_[breaks, len(on) - 1]] + 1))
+    if len(runs) < n:
+        raise ValueError(f"found {len(runs)} utterances, expected {n}")
+    runs = sorted(sorted(runs, key=lambda r: r[0] - r[1])[:n])  # the n longest, in time order
+    cuts = [0.0] + [round((a[1] + b[0]) / 200, 2) for a, b in zip(runs, runs[1:])] + [round(len(wav) / sr, 2)]
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def emospeech_rows(root: str | Path, n: int | None = None, seed: int = 0,
