@@ -26,12 +26,21 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shown(path: str) -> str:
+    """`path` as a command line would give it here: relative when under the checkout's parent."""
+    p = Path(path).resolve()
+    return os.path.relpath(p) if p.is_relative_to(REPO.parent) else str(path)
 
 
 def replay_accuracy(stages, table, rows: list[int], speakers: list[str]) -> float:
@@ -125,7 +134,7 @@ def main(argv=None) -> int:
     res = {"bundle": a.bundle, "speaker_scoring": a.speaker_scoring, "speaker_threshold": a.threshold,
            "actors": actors, "clips_per_actor": a.clips, "seed": a.seed, "device": device,
            "eval": {"accuracy": ev["accuracy"], "n": ev["n"], "command": f"mlsan-edge eval --bundle {a.bundle} "
-                    f"--dataset ravdess --data {a.data} --actors {a.actors} --stream --modalities audio "
+                    f"--dataset ravdess --data {_shown(a.data)} --actors {a.actors} --stream --modalities audio "
                     "--backend onnxruntime --model student"},
            "replay_in_device_order": replay}
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")

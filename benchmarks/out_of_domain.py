@@ -7,7 +7,8 @@ time overlap (the event overlapping a clip most is its answer; no event counts a
 
 * GRID-13: the shipped list `talking_grid13` (the 13 shared GRID sentences, neutral read speech,
   six speakers), audio only and audio + video;
-* CREMA-D 1001: `talking_cremad1001` (one actor, six emotions), audio only and audio + video;
+* CREMA-D 1001: `talking_cremad1001` (the six utterances of cremad_1001_6emotions_13s.mp4: one actor,
+  six emotions), audio only and audio + video;
 * EmoSpeech: `--emospeech N` clips (default 150) of the evaluation users
   (`mlsan_edge.data.emospeech.emospeech_eval_speaker`, never trained on), round-robin over the 24
   users (`mlsan_edge.data.clip_lists.emospeech_rows`, seeded), audio only.
@@ -19,10 +20,9 @@ carry one.
 
     python benchmarks/out_of_domain.py [--bundle default] [--emospeech 150] [--seed 0] [--json OUT]
 
-Writes benchmarks/results/out_of_domain.json. `out_of_domain_clips_before.json` is this protocol on
-the code before issue #9's fixes (eab5309, `PYTHONPATH=<that tree + the clip-eval modules>`);
-`out_of_domain_before.json` the earlier protocol (GRID and CREMA-D shuffled into one stream, 120
-EmoSpeech clips of distinct users; code 3e8e936).
+Writes benchmarks/results/out_of_domain.json. `out_of_domain_before_issue9.json` is the same
+protocol and code on the default bundle before issue #9 (`--bundle` the bundle of commit c52d73a,
+trained on RAVDESS and MELD only, without confidence.json).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main() -> None:
     from mlsan_edge.bundle import load_bundle
 
     b = load_bundle(a.bundle, verify=False)
-    res = {"code": str(Path(mlsan_edge.__file__).parent), "bundle": a.bundle, "bundle_name": b.manifest.name,
+    res = {"code": f"mlsan_edge {mlsan_edge.__version__}", "bundle": a.bundle, "bundle_name": b.manifest.name,
            "bundle_provenance": {k: v for k, v in b.manifest.provenance.items() if k in ("git_commit", "date")},
            "seed": a.seed, "gap_s": 1.0, "date": time.strftime("%Y-%m-%d"), "corpora": {}}
     for corpus, (clips, conditions) in corpora(Path(a.data), a.emospeech, a.seed).items():
