@@ -65,7 +65,8 @@ def temper(probs: np.ndarray, temperature) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _nll(probs: np.ndarray, labels: np.ndarray, temperature) -> float:
+def nll(probs: np.ndarray, labels: np.ndarray, temperature) -> float:
+    """Mean negative log-likelihood of `labels` (N,) under temper(probs, T): T a number or one per row."""
     t = np.asarray(temperature, np.float64).reshape(-1, 1) if np.ndim(temperature) else temperature
     q = temper(probs, t)
     return float(-np.mean(np.log(np.clip(q[np.arange(len(labels)), labels], 1e-12, 1))))
@@ -75,23 +76,35 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray, grid=None) -> float:
     """The T minimising the negative log-likelihood of `labels` (N,) under temper(probs (N, C), T)."""
     grid = np.exp(np.linspace(np.log(0.5), np.log(8.0), 121)) if grid is None else np.asarray(grid)
     labels = np.asarray(labels, np.int64)
-    return float(grid[int(np.argmin([_nll(probs, labels, t) for t in grid]))])
+    return float(grid[int(np.argmin([nll(probs, labels, t) for t in grid]))])
+
+
+def _nll_grid(probs: np.ndarray, labels: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
+    """nll for each row of `temperatures` (K, N) (one temperature per utterance), vectorised."""
+    logp = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1.0))
+    z = logp[None] / temperatures[..., None]  # (K, N, C)
+    zmax = z.max(-1, keepdims=True)
+    lse = np.log(np.exp(z - zmax).sum(-1)) + zmax[..., 0]
+    return (lse - z[:, np.arange(len(labels)), labels]).mean(-1)
 
 
 def fit_slope(probs: np.ndarray, labels: np.ndarray, ood: np.ndarray, knee: float, base: float = 1.0,
               grid=None) -> float:
     """The slope minimising the NLL of `labels` under T = base + slope * max(0, ood - knee)."""
     grid = np.linspace(0.0, 30.0, 301) if grid is None else np.asarray(grid)
-    excess = np.maximum(0.0, np.asarray(ood, np.float64) - knee)
+    excess = np.nan_to_num(np.maximum(0.0, np.asarray(ood, np.float64) - knee))  # NaN: no audio, the base
     labels = np.asarray(labels, np.int64)
-    return float(grid[int(np.argmin([_nll(probs, labels, base + k * excess) for k in grid]))])
+    return float(grid[int(np.argmin(_nll_grid(probs, labels, base + grid[:, None] * excess[None])))])
 
 
 def fit_base_and_slope(probs: np.ndarray, labels: np.ndarray, ood: np.ndarray, knee: float) -> tuple[float, float]:
     """(base, slope) minimising the NLL of `labels` under T = base + slope * max(0, ood - knee);
     base from 1 to 4 (a held-out voice is never made more confident than the network)."""
-    best = min((_nll(probs, labels, b + fit_slope(probs, labels, ood, knee, b)
-                     * np.maximum(0.0, np.asarray(ood, np.float64) - knee)), b) for b in np.arange(1.0, 4.01, 0.1))
+    excess = np.nan_to_num(np.maximum(0.0, np.asarray(ood, np.float64) - knee))
+    labels = np.asarray(labels, np.int64)
+    coarse = np.linspace(0.0, 30.0, 61)  # the base is searched with a coarse slope, then the slope refined
+    best = min((nll(probs, labels, b + fit_slope(probs, labels, ood, knee, b, coarse) * excess), b)
+               for b in np.arange(1.0, 4.01, 0.1))
     base = round(float(best[1]), 2)
     return base, fit_slope(probs, labels, ood, knee, base)
 
@@ -163,4 +176,4 @@ def ood_rows(x: np.ndarray, mask: np.ndarray, mean: np.ndarray, var: np.ndarray,
 
 
 __all__ = ["CONFIDENCE_FILE", "VISUAL_OOD_MAX", "Confidence", "distance_quantiles", "feature_distance",
-           "fit_base_and_slope", "fit_slope", "fit_temperature", "ood_rows", "temper"]
+           "fit_base_and_slope", "fit_slope", "fit_temperature", "nll", "ood_rows", "temper"]

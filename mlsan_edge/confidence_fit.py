@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlsan_edge.confidence import (CONFIDENCE_FILE, Confidence, distance_quantiles, fit_base_and_slope,
-                                   fit_temperature, ood_rows, temper)
+from mlsan_edge.confidence import (CONFIDENCE_FILE, Confidence, distance_quantiles, fit_base_and_slope, nll, ood_rows,
+                                   temper)
 from mlsan_edge.metrics import calibration_error
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,14 @@ def calibration_tables(data: Path, enc: dict, trained_actors: list[int] | None) 
     return tables
 
 
-def fit_confidence(model, stats, train, held_out: list, temperature: float = 1.0) -> Confidence:
-    """Training distances from `train`; from the `held_out` tables (causal speaker streams) heard
-    audio only, as the device hears them without a face, the audio-only base temperature and the
-    slope over the audio distance (`fit_base_and_slope`). `temperature`, the base when a face is
-    used, is given (1, or fitted on cross-validation: `benchmarks/crossval_calibration.py`)."""
-    from mlsan_edge.data.replay import stream_order
-    from mlsan_edge.evaluate import hide_modalities
-    from mlsan_edge.train import predict
+def fit_confidence(model, stats, train, held_out: list, temperature: float = 1.0,
+                   crossval: list[dict] | None = None) -> Confidence:
+    """Training distances from `train`; the temperatures from held-out speakers (`fit_temperatures`).
 
+    Audio only: the `held_out` tables (causal speaker streams, never trained on) heard audio only,
+    as the device hears them without a face, plus, when given, the `crossval` folds' held-out
+    actors heard audio only. With a face: the `crossval` folds heard with every modality; without
+    them the base stays `temperature`."""
     distance = {}
     for m in ("audio", "visual"):
         x, mask = getattr(train, m), getattr(train, f"mask_{m}")
@@ -62,32 +61,103 @@ def fit_confidence(model, stats, train, held_out: list, temperature: float = 1.0
     if "audio" not in distance:
         return Confidence(temperature, distance, {"data": "none", "note": "no audio in training: no temperature"})
     knee = round(distance["audio"]["p50"] / distance["audio"]["p99"], 4)  # above the median training voice
+    audio = held_out_audio(model, stats, held_out, distance["audio"]["p99"])
+    if audio is None and not crossval:
+        log.warning("no held-out speakers to fit a temperature on: T = %s", temperature)
+        return Confidence(temperature, distance, {"data": "none", "note": "no held-out speakers"}, 0.0, knee)
+    extra = [audio] if audio is not None else []
+    fit = fit_temperatures([*extra, *(_fold_audio(f) for f in crossval or [])],
+                           [_fold_face(f) for f in crossval or []], knee, temperature)
+    conf = Confidence(fit["temperature"], distance, {}, fit["slope"], knee, fit["temperature_audio_only"])
+    fitted = {"audio_only": ", ".join([*(audio["names"] if audio else []),
+                                       *([f"cross-validation held-out actors ({sum(len(f['label']) for f in crossval)})"]
+                                         if crossval else [])]),
+              "face": f"cross-validation held-out actors ({sum(len(f['label']) for f in crossval)})" if crossval
+              else "none (base given)"}
+    if audio is not None:
+        q = _tempered(conf, audio["probs"], audio["ood"], audio_only=True)
+        p, y = audio["probs"], audio["label"]
+        fitted.update(utterances=int(len(y)), accuracy=round(float((p.argmax(1) == y).mean()), 4),
+                      ece_before=round(calibration_error(p.max(1), p.argmax(1) == y), 4),
+                      ece_after=round(calibration_error(q.max(1), q.argmax(1) == y), 4))
+    if crossval:
+        fitted["crossval_nested"] = crossfit(crossval, extra, knee, temperature)
+    log.info("temperatures: face %.2f, audio only %.2f, + %.2f per ood above %.2f (%s)", conf.temperature,
+             conf.temperature_audio_only, conf.slope, knee, fitted["audio_only"])
+    return Confidence(conf.temperature, distance, fitted, conf.slope, knee, conf.temperature_audio_only)
+
+
+def held_out_audio(model, stats, tables: list, p99: float) -> dict | None:
+    """Probabilities, labels and audio distances of `tables`' labelled rows, each table replayed
+    as causal speaker streams heard audio only (None when there are none)."""
+    from mlsan_edge.data.replay import stream_order
+    from mlsan_edge.evaluate import hide_modalities
+    from mlsan_edge.train import predict
+
     probs, labels, oods, names = [], [], [], []
-    for t in held_out:
+    for t in tables:
         keep = (t.label >= 0) & t.mask_audio
         if not keep.any():
             continue
         t = hide_modalities(t.subset(np.arange(len(t))), ("audio",))
         order = stream_order(t, shuffle_groups=set(np.unique(t.group).tolist()), seed=0)
         p = predict(model, t, order, stats)["probs"]
-        ood = ood_rows(t.audio, t.mask_audio, stats.mean["audio"], stats.var["audio"], distance["audio"]["p99"])
+        ood = ood_rows(t.audio, t.mask_audio, stats.mean["audio"], stats.var["audio"], p99)
         probs.append(p[keep]), labels.append(t.label[keep]), oods.append(ood[keep])
         names.append(f"{t.corpus} ({int(keep.sum())})")
     if not probs:
-        log.warning("no held-out speakers to fit a temperature on: T = %s", temperature)
-        return Confidence(temperature, distance, {"data": "none", "note": "no held-out speakers"}, 0.0, knee)
-    p, y, ood = np.concatenate(probs), np.concatenate(labels), np.concatenate(oods)
-    base, slope = fit_base_and_slope(p, y, ood, knee)
-    conf = Confidence(temperature, distance, {}, round(slope, 4), knee, base)
-    q = _tempered(conf, p, ood, audio_only=True)
-    fitted = {"data": ", ".join(names) + ", audio only", "utterances": int(len(y)),
-              "accuracy": round(float((p.argmax(1) == y).mean()), 4),
-              "ece_before": round(calibration_error(p.max(1), p.argmax(1) == y), 4),
-              "ece_after": round(calibration_error(q.max(1), q.argmax(1) == y), 4),
-              "single_temperature_would_be": fit_temperature(p, y)}
-    log.info("audio-only temperature %.2f + %.2f above ood %.2f on %s: ECE %.3f -> %.3f", base, slope, knee,
-             fitted["data"], fitted["ece_before"], fitted["ece_after"])
-    return Confidence(temperature, distance, fitted, conf.slope, knee, base)
+        return None
+    return {"probs": np.concatenate(probs), "label": np.concatenate(labels), "ood": np.concatenate(oods),
+            "names": names}
+
+
+def fit_temperatures(audio: list[dict], face: list[dict], knee: float, temperature: float = 1.0) -> dict:
+    """The device's temperatures from held-out predictions (dicts of probs, label, ood).
+
+    `audio` (heard audio only) gives the audio-only base and the slope over the audio distance
+    (`fit_base_and_slope`); `face` (heard with face features as training saw them) the base when a
+    face is used, with that slope (`temperature` when `face` is empty)."""
+    cat = lambda sets, k: np.concatenate([s[k] for s in sets])  # noqa: E731
+    base, slope = fit_base_and_slope(cat(audio, "probs"), cat(audio, "label"), cat(audio, "ood"), knee) \
+        if audio else (temperature, 0.0)
+    if face:
+        p, y, excess = cat(face, "probs"), cat(face, "label"), np.nan_to_num(np.maximum(0.0, cat(face, "ood") - knee))
+        grid = np.round(np.arange(0.5, 3.001, 0.02), 2)
+        temperature = float(grid[int(np.argmin([nll(p, y, t + slope * excess) for t in grid]))])
+    return {"temperature": temperature, "temperature_audio_only": base, "slope": round(slope, 4)}
+
+
+def crossfit(folds: list[dict], extra_audio: list[dict], knee: float, temperature: float = 1.0) -> dict:
+    """Nested check of `fit_temperatures` on cross-validation's folds: for each fold, the
+    temperatures are fitted on the *other* folds (and `extra_audio`) and its held-out actors' ECE
+    measured with them, heard with every modality and audio only; per fold, their mean, and pooled
+    over every held-out actor (each utterance scored by a model that never heard its speaker)."""
+    rows, pooled = [], {}
+    for k, f in enumerate(folds):
+        rest = [g for j, g in enumerate(folds) if j != k]
+        t = fit_temperatures([*extra_audio, *map(_fold_audio, rest)], [_fold_face(g) for g in rest], knee, temperature)
+        conf = Confidence(t["temperature"], {}, {}, t["slope"], knee, t["temperature_audio_only"])
+        row = {"fold": k, **t}
+        for name, sample, audio_only in (("face", _fold_face(f), False), ("audio_only", _fold_audio(f), True)):
+            for when, q in (("before", sample["probs"]),
+                            ("after", _tempered(conf, sample["probs"], sample["ood"], audio_only))):
+                conf_ok = (q.max(1), q.argmax(1) == sample["label"])
+                row[f"ece_{name}_{when}"] = round(100 * calibration_error(*conf_ok), 2)
+                pooled.setdefault(f"ece_{name}_{when}_pooled", []).append(conf_ok)
+        rows.append(row)
+    out = {"folds": rows}
+    out.update({f"{k}_mean": round(float(np.mean([r[k] for r in rows])), 2) for k in rows[0] if k.startswith("ece_")})
+    out.update({k: round(100 * calibration_error(np.concatenate([c for c, _ in v]), np.concatenate([o for _, o in v])), 2)
+                for k, v in pooled.items()})
+    return out
+
+
+def _fold_face(f: dict) -> dict:
+    return {"probs": f["probs"], "label": f["label"], "ood": f["ood"]}
+
+
+def _fold_audio(f: dict) -> dict:
+    return {"probs": f["probs_audio"], "label": f["label"], "ood": f["ood"]}
 
 
 def calibrated_rows(conf: Confidence, probs: np.ndarray, table, stats) -> np.ndarray:
@@ -104,45 +174,6 @@ def _tempered(conf: Confidence, probs: np.ndarray, ood: np.ndarray, audio_only=F
     whether it was heard without a face (`audio_only`: a bool or one per row)."""
     audio_only = np.broadcast_to(np.asarray(audio_only, bool), (len(probs),))
     return temper(probs, np.array([conf.temperature_at(o, a) for o, a in zip(ood, audio_only)])[:, None])
-
-
-def crossfit_temperature(folds: list[dict]) -> dict:
-    """The base temperature when a face is used, cross-fitted on cross-validation's held-out actors.
-
-    `folds`: one dict per fold with its held-out `probs` (N, C) heard with every modality, `label`
-    (N,), audio distance `ood` (N,) and the fold model's `slope` and `knee` (the `.npz` files
-    `mlsan-edge crossval --json` writes). For each fold the base is fitted on the *other* folds
-    and its ECE measured on this one (nested: no fold calibrates itself); the returned
-    `temperature` is fitted on all folds, for the model trained on every actor.
-    """
-    def fit(fs: list[dict]) -> float:
-        grid = np.round(np.arange(0.5, 3.001, 0.02), 2)
-        nll = [sum(_nll_at(f, t) for f in fs) for t in grid]
-        return float(grid[int(np.argmin(nll))])
-
-    rows, before, after = [], [], []
-    for k, f in enumerate(folds):
-        t = fit([g for j, g in enumerate(folds) if j != k])
-        p, q = f["probs"], _tempered(_fold_conf(f, t), f["probs"], f["ood"])
-        ok_p, ok_q = p.argmax(1) == f["label"], q.argmax(1) == f["label"]
-        rows.append({"fold": k, "temperature": t, "ece_before": round(100 * calibration_error(p.max(1), ok_p), 2),
-                     "ece_after": round(100 * calibration_error(q.max(1), ok_q), 2)})
-        before.append((p.max(1), ok_p)), after.append((q.max(1), ok_q))
-    pooled = lambda xs: round(100 * calibration_error(np.concatenate([c for c, _ in xs]),  # noqa: E731
-                                                      np.concatenate([o for _, o in xs])), 2)
-    return {"temperature": fit(folds), "folds": rows,
-            "ece_before_mean": round(float(np.mean([r["ece_before"] for r in rows])), 2),
-            "ece_after_mean": round(float(np.mean([r["ece_after"] for r in rows])), 2),
-            "ece_before_pooled": pooled(before), "ece_after_pooled": pooled(after)}
-
-
-def _fold_conf(f: dict, temperature: float) -> Confidence:
-    return Confidence(temperature, {}, {}, float(f["slope"]), float(f["knee"]))
-
-
-def _nll_at(f: dict, temperature: float) -> float:
-    q = _tempered(_fold_conf(f, temperature), f["probs"], f["ood"])
-    return float(-np.log(np.clip(q[np.arange(len(f["label"])), f["label"]], 1e-12, 1)).sum())
 
 
 def crossval_folds(crossval_json: Path) -> list[dict]:

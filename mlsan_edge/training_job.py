@@ -188,11 +188,13 @@ def write_checkpoint_confidence(out: Path, model, stats, train, data: Path, enc:
     write_confidence(out, fit_confidence(model, stats, train, calibration_tables(data, enc, actors)))
 
 
-def recalibrate(checkpoint: Path, data: Path, temperature: float | None = None) -> dict:
+def recalibrate(checkpoint: Path, data: Path, temperature: float | None = None,
+                crossval: list[dict] | None = None) -> dict:
     """Refit `checkpoint`'s confidence.json without retraining (`mlsan-edge calibrate`): the training
-    table is rebuilt from the checkpoint's recorded recipe (cached features), the audio-only base and
-    slope refitted on the held-out speakers; `temperature` (the base when a face is used) is kept from
-    the existing file unless given."""
+    table is rebuilt from the checkpoint's recorded recipe (cached features) and the temperatures
+    refitted on held-out speakers (`confidence_fit.fit_confidence`), with cross-validation's held-out
+    actors (`crossval`: `confidence_fit.crossval_folds`) when given; without them, the base when a
+    face is used is `temperature`, or kept from the existing file."""
     from mlsan_edge.confidence import CONFIDENCE_FILE, Confidence
     from mlsan_edge.train import concat_tables, load_checkpoint
 
@@ -207,6 +209,7 @@ def recalibrate(checkpoint: Path, data: Path, temperature: float | None = None) 
         temperature = Confidence.load(Path(checkpoint) / CONFIDENCE_FILE).temperature
     from mlsan_edge.confidence_fit import calibration_tables, fit_confidence, write_confidence
 
-    conf = fit_confidence(model, stats, train, calibration_tables(data, enc, meta.get("ravdess_actors")), temperature)
+    conf = fit_confidence(model, stats, train, calibration_tables(data, enc, meta.get("ravdess_actors")), temperature,
+                          crossval)
     write_confidence(checkpoint, conf)
     return {k: v for k, v in conf.to_dict().items() if k != "distance"}

@@ -1,36 +1,60 @@
-"""Cross-fitted temperature from cross-validation's held-out predictions (confidence_fit.py)."""
+"""Temperatures from held-out predictions and cross-validation's folds (confidence_fit.py)."""
 
 import numpy as np
 import pytest
 
 from mlsan_edge.confidence import temper
-from mlsan_edge.confidence_fit import crossfit_temperature, crossval_folds
+from mlsan_edge.confidence_fit import crossfit, crossval_folds, fit_temperatures
 
 
-def _fold(seed: int, sharpen: float, n: int = 1500, c: int = 7) -> dict:
+def _sample(seed: int, sharpen, ood, c: int = 7) -> dict:
+    """Labels drawn from true probabilities; the model `sharpen` (one per row or a number) times too sharp."""
     rng = np.random.default_rng(seed)
+    n = len(ood)
     logits = rng.normal(0, 1.5, (n, c))
     true_p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     y = np.array([rng.choice(c, p=pi) for pi in true_p])
-    return {"probs": temper(true_p, 1 / sharpen), "label": y, "ood": rng.uniform(0, 1, n),
-            "slope": np.array(0.0), "knee": np.array(0.5)}
+    return {"probs": temper(true_p, 1 / np.broadcast_to(np.asarray(sharpen, float), (n,))[:, None]), "label": y,
+            "ood": np.asarray(ood, float)}
 
 
-def test_crossfit_recovers_the_temperature_and_never_calibrates_a_fold_on_itself():
-    folds = [_fold(k, 1.6) for k in range(4)]
-    r = crossfit_temperature(folds)
-    assert r["temperature"] == pytest.approx(1.6, abs=0.25)
-    assert len(r["folds"]) == 4 and all(f["temperature"] == pytest.approx(1.6, abs=0.3) for f in r["folds"])
-    assert r["ece_after_mean"] < r["ece_before_mean"] and r["ece_after_pooled"] < r["ece_before_pooled"]
+def _fold(seed: int, n: int = 600) -> dict:
+    """A cross-validation fold: in domain (ood ~0.4), 1.3x too sharp with a face, 1.5x audio only."""
+    ood = np.random.default_rng(seed + 100).uniform(0.2, 0.5, n)
+    face, audio = _sample(seed, 1.3, ood), _sample(seed + 50, 1.5, ood)
+    return {**face, "probs_audio": audio["probs"], "label": face["label"], "label_audio": audio["label"]}
+
+
+def test_fit_temperatures_separates_in_domain_from_far_voices():
+    # far voices (ood 0.8-1.0) are 3x too sharp, in-domain ones (0.2-0.5) 1.5x: base + slope explain both
+    near = _sample(0, 1.5, np.random.default_rng(1).uniform(0.2, 0.5, 2000))
+    far_ood = np.random.default_rng(2).uniform(0.8, 1.0, 2000)
+    far = _sample(3, 1 + 1.5 + 4 * (far_ood - 0.5), far_ood)
+    t = fit_temperatures([near, far], [], knee=0.5)
+    assert t["temperature_audio_only"] == pytest.approx(1.5, abs=0.3)
+    assert t["slope"] > 2 and t["temperature"] == 1.0  # no face data: the given base
+    t = fit_temperatures([near], [_sample(4, 1.3, np.full(2000, 0.3))], knee=0.5)
+    assert t["temperature"] == pytest.approx(1.3, abs=0.15)
+
+
+def test_crossfit_never_calibrates_a_fold_on_itself_and_lowers_ece():
+    folds = []
+    for k in range(4):
+        f = _fold(k)
+        folds.append({"probs": f["probs"], "probs_audio": f["probs_audio"], "label": f["label"], "ood": f["ood"]})
+    r = crossfit(folds, [], knee=0.5)
+    assert len(r["folds"]) == 4
+    assert all(f["temperature"] == pytest.approx(1.3, abs=0.2) for f in r["folds"])
+    assert r["ece_face_after_mean"] < r["ece_face_before_mean"]
     # a fold unlike the others does not pull its own temperature
-    odd = crossfit_temperature([_fold(k, 1.6) for k in range(3)] + [_fold(9, 3.0)])
-    assert odd["folds"][3]["temperature"] == pytest.approx(1.6, abs=0.3)
+    odd = dict(folds[3], probs=temper(folds[3]["probs"], 1 / 3.0))
+    assert crossfit(folds[:3] + [odd], [], knee=0.5)["folds"][3]["temperature"] == pytest.approx(1.3, abs=0.2)
 
 
 def test_crossval_folds_reads_the_saved_predictions_and_explains_when_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="crossval --json"):
         crossval_folds(tmp_path / "cv.json")
-    f = _fold(0, 1.0, n=20)
+    f = _fold(0, n=20)
     np.savez(tmp_path / "cv.full.s0.f0.npz", **f)
     np.savez(tmp_path / "cv.full.s0.f1.npz", **f)
     got = crossval_folds(tmp_path / "cv.json")

@@ -81,13 +81,10 @@ def cmd_crossval(a: argparse.Namespace) -> int:
 def cmd_calibrate(a: argparse.Namespace) -> int:
     from mlsan_edge.training_job import recalibrate
 
-    out, temperature = {}, a.temperature
-    if a.crossval:
-        from mlsan_edge.confidence_fit import crossfit_temperature, crossval_folds
+    from mlsan_edge.confidence_fit import crossval_folds
 
-        out["crossfit"] = crossfit_temperature([f for j in a.crossval for f in crossval_folds(Path(j))])
-        temperature = out["crossfit"]["temperature"]
-    out["checkpoints"] = {c: recalibrate(Path(c), Path(a.data), temperature) for c in a.checkpoint}
+    folds = [f for j in a.crossval for f in crossval_folds(Path(j))] if a.crossval else None
+    out = {"checkpoints": {c: recalibrate(Path(c), Path(a.data), a.temperature, folds) for c in a.checkpoint}}
     print(json.dumps(out, indent=2))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
@@ -275,10 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", nargs="+", required=True, help="checkpoint folders (teacher, student)")
     q.add_argument("--data", default=_default_data(), help="folder holding ravdess/, emospeech/ and meld/")
     q.add_argument("--crossval", nargs="+", default=None, metavar="JSON",
-                   help="`crossval --json` outputs (with their saved held-out predictions): the base temperature "
-                        "when a face is used is cross-fitted on them")
+                   help="`crossval --json` outputs (with their saved held-out predictions): their held-out actors "
+                        "join the fit (audio only and with a face), with a nested check per fold")
     q.add_argument("--temperature", type=float, default=None,
-                   help="base temperature when a face is used (default: keep the checkpoint's)")
+                   help="base temperature when a face is used, without --crossval (default: keep the checkpoint's)")
     q.add_argument("--json", default=None, help="write the fitted values and the nested ECE here")
     q.set_defaults(func=cmd_calibrate)
 
