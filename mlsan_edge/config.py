@@ -23,6 +23,8 @@ N_MELS = 64  # log-mel bands of the emotion front-end (not the GE2E front-end, w
 N_MFCC = 20
 N_STAT_EXTRA = 5 + 8 + 6  # energy, spectral shape, pitch summaries (see features.audio.utterance_features)
 AUDIO_DIM = 2 * N_MFCC + N_MFCC + 2 * N_MELS + N_STAT_EXTRA  # 207: the emotion front-end's output size
+# bump when profile.py's update or calibration rule changes: bundles trained on another rule are refused
+PROFILE_VERSION = 1
 FEATURE_VERSION = 2  # bump when a front-end changes: bundles and cached tables are refused / rebuilt (2: RAVDESS VAD-cut)
 
 # --- classes --------------------------------------------------------------------------------

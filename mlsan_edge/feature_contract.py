@@ -1,7 +1,8 @@
 """The feature contract: the numbers a bundle's networks were trained on, checked against this code.
 
 A bundle's manifest records, under `feature_contract`, the sample rate, STFT and mel settings,
-every feature dimension and the feature version its networks were trained with. This code
+every feature dimension, the feature version and the speaker-profile rule's version
+(`config.PROFILE_VERSION`) its networks were trained with. This code
 computes features with the constants in `config.py`; a bundle that disagrees would run and
 mis-predict, so `load_runtime`, `mlsan-edge eval` and `speakers enroll` refuse it here, naming
 the field, both values and what to do.
@@ -28,6 +29,7 @@ def expected_feature_contract() -> dict[str, int]:
         "sample_rate": C.SAMPLE_RATE, "n_fft": C.N_FFT, "win_length": C.WIN_LENGTH, "hop_length": C.HOP_LENGTH,
         "n_mels": C.N_MELS, "n_mfcc": C.N_MFCC, "audio_dim": C.AUDIO_DIM, "text_dim": C.TEXT_DIM,
         "visual_dim": C.VISUAL_DIM, "voice_dim": C.VOICE_DIM, "feature_version": C.FEATURE_VERSION,
+        "profile_version": C.PROFILE_VERSION,
     }
 
 

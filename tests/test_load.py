@@ -131,7 +131,7 @@ def test_mlsan_edge_run_uses_the_bundles_voice_encoder_and_vad(other_bundle, tmp
 
 
 @pytest.mark.parametrize("field,value", [("hop_length", 320), ("audio_dim", 208), ("feature_version", 1),
-                                         ("sample_rate", 8000)])
+                                         ("sample_rate", 8000), ("profile_version", 0)])
 def test_run_refuses_a_bundle_whose_contract_differs(tmp_path, field, value):
     b = copy_default_bundle(tmp_path / "b", contract={field: value})
     with pytest.raises(FeatureContractError, match=rf"feature_contract\.{field} is {value} but this mlsan_edge computes \d+; "
