@@ -7,7 +7,7 @@ Called by `mlsan-edge train` and `distill` after fitting; `export` copies the fi
   (`data.emospeech.emospeech_calibration_speaker`: other microphones and people) and the RAVDESS
   actors left out of training, if any, each replayed as a causal stream exactly as evaluation
   does. Their calibration error before and after is recorded. The base when a face is used is
-  1 unless given (cross-validation fits it: `benchmarks/crossval_calibration.py`).
+  1 unless given; `mlsan-edge calibrate --crossval` fits it on cross-validation's held-out actors.
 * Distances are quantiles of `feature_distance` over the training table's audio and visual
   rows (channel-augmented copies included: they are part of what the model learned).
 """

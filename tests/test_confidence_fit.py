@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from conftest import requires_torch
 from mlsan_edge.confidence import temper
 from mlsan_edge.confidence_fit import crossfit, crossval_folds, fit_temperatures
 
@@ -59,3 +60,24 @@ def test_crossval_folds_reads_the_saved_predictions_and_explains_when_missing(tm
     np.savez(tmp_path / "cv.full.s0.f1.npz", **f)
     got = crossval_folds(tmp_path / "cv.json")
     assert len(got) == 2 and np.array_equal(got[1]["label"], f["label"])
+
+
+@requires_torch
+def test_fit_confidence_hears_held_out_speakers_audio_only_and_joins_the_folds():
+    from mlsan_edge.confidence_fit import fit_confidence
+    from mlsan_edge.profile import GlobalStats
+    from test_stages import make_model, make_table, tiny
+
+    train_t, held = make_table(n_groups=6, length=10, seed=1), make_table(n_groups=4, length=10, seed=2)
+    held.label[:] = np.arange(len(held)) % 7  # labelled held-out speakers
+    stats = GlobalStats.fit(train_t)
+    model = make_model(tiny("student"), train_t, seed=0)
+    conf = fit_confidence(model, stats, train_t, [held])
+    assert conf.temperature == 1.0 and conf.temperature_audio_only >= 1.0 and conf.slope >= 0
+    assert conf.fitted_on["audio_only"] == f"{held.corpus} ({int(held.mask_audio.sum())})" and conf.fitted_on["face"] == "none (base given)"
+    assert set(conf.distance) == {"audio", "visual"} and 0 < conf.knee < 1
+    folds = [dict(_fold(k, n=300), probs_audio=_fold(k + 10, n=300)["probs"]) for k in range(3)]
+    both = fit_confidence(model, stats, train_t, [held], crossval=folds)
+    assert both.temperature == pytest.approx(1.3, abs=0.25)  # the folds are 1.3x too sharp with a face
+    assert len(both.fitted_on["crossval_nested"]["folds"]) == 3
+    assert "cross-validation held-out actors (900)" in both.fitted_on["audio_only"]
