@@ -69,11 +69,9 @@ def fit_confidence(model, stats, train, held_out: list, temperature: float = 1.0
     fit = fit_temperatures([*extra, *(_fold_audio(f) for f in crossval or [])],
                            [_fold_face(f) for f in crossval or []], knee, temperature)
     conf = Confidence(fit["temperature"], distance, {}, fit["slope"], knee, fit["temperature_audio_only"])
-    fitted = {"audio_only": ", ".join([*(audio["names"] if audio else []),
-                                       *([f"cross-validation held-out actors ({sum(len(f['label']) for f in crossval)})"]
-                                         if crossval else [])]),
-              "face": f"cross-validation held-out actors ({sum(len(f['label']) for f in crossval)})" if crossval
-              else "none (base given)"}
+    folds = [f"cross-validation held-out actors ({sum(len(f['label']) for f in crossval)})"] if crossval else []
+    fitted = {"audio_only": ", ".join([*(audio["names"] if audio else []), *folds]),
+              "face": folds[0] if folds else "none (base given)"}
     if audio is not None:
         q = _tempered(conf, audio["probs"], audio["ood"], audio_only=True)
         p, y = audio["probs"], audio["label"]

@@ -151,10 +151,9 @@ def batch_losses(out: dict, tb: dict, batch: dict, speakers: np.ndarray, is_meld
     ce = F.cross_entropy(logits, labels, reduction="none")
     # MELD rows get the rare-class weights; RAVDESS is balanced already
     weight = torch.where(torch.from_numpy(is_meld[rows]), w_meld[labels], torch.ones_like(ce))
-    w_emo = getattr(cfg, "emospeech_weight", 1.0)
-    if w_emo != 1.0:
+    if cfg.emospeech_weight != 1.0:
         emo = np.char.startswith(speakers[rows].astype(str), "emospeech:")
-        weight = weight * torch.from_numpy(np.where(emo, w_emo, 1.0).astype(np.float32))
+        weight = weight * torch.from_numpy(np.where(emo, cfg.emospeech_weight, 1.0).astype(np.float32))
     hard = (ce * weight).sum() / weight.sum()
     if not (model_cfg.use_stage3 and cfg.stage3_weight > 0):
         return hard, hard.new_zeros(())
