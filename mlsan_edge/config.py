@@ -22,10 +22,17 @@ HOP_LENGTH = SAMPLE_RATE * MEL_HOP_MS // 1000  # 160 samples
 N_MELS = 64  # log-mel bands of the emotion front-end (not the GE2E front-end, which uses 40)
 N_MFCC = 20
 N_STAT_EXTRA = 5 + 8 + 6  # energy, spectral shape, pitch summaries (see features.audio.utterance_features)
-AUDIO_DIM = 2 * N_MFCC + N_MFCC + 2 * N_MELS + N_STAT_EXTRA  # 207: the emotion front-end's output size
+N_BASE = 2 * N_MFCC + N_MFCC + 2 * N_MELS + N_STAT_EXTRA  # 207: the statistics of feature version 2
+# feature version 3 (issue #9) adds 4 * N_MFCC (MFCC p90-p10 and median-mean, mean |delta|,
+# delta-delta std), N_MELS (delta log-mel std) and 7 + 4 + 9 (spectral flux/tilt, energy shape,
+# voice quality): each group measured in README "Audio front-end"
+N_DYNAMIC = 4 * N_MFCC + N_MELS + 7 + 4 + 9  # 164
+AUDIO_DIM = N_BASE + N_DYNAMIC  # 371: the emotion front-end's output size
 # bump when profile.py's update or calibration rule changes: bundles trained on another rule are refused
 PROFILE_VERSION = 1
-FEATURE_VERSION = 2  # bump when a front-end changes: bundles and cached tables are refused / rebuilt (2: RAVDESS VAD-cut)
+# bump when a front-end changes: bundles and cached tables are refused / rebuilt
+# (2: RAVDESS VAD-cut; 3: dynamics and voice-quality statistics)
+FEATURE_VERSION = 3
 
 # --- classes --------------------------------------------------------------------------------
 # MELD's seven emotions, in the order the model's logits use.

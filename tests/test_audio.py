@@ -1,4 +1,4 @@
-"""features/audio.py: golden values of the 207-d `utterance_features`, the one audio feature
+"""features/audio.py: golden values of the 371-d `utterance_features`, the one audio feature
 training and the device share (ARCHITECTURE.md invariant 4). A change in any value means the
 shipped bundles were trained on different features: re-train, or find the regression.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlsan_edge.config import SAMPLE_RATE
+from mlsan_edge.config import N_BASE, SAMPLE_RATE
 from mlsan_edge.features.audio import AUDIO_DIM, AudioError, load_audio, utterance_features
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -67,7 +67,7 @@ def golden() -> dict:
 @pytest.mark.parametrize("name", list(SIGNALS))
 def test_utterance_features_match_golden(name, golden):
     got = utterance_features(SIGNALS[name]())
-    assert got.shape == (AUDIO_DIM,) == (207,) and got.dtype == np.float32
+    assert got.shape == (AUDIO_DIM,) == (371,) and got.dtype == np.float32
     assert np.isfinite(got).all()
     want = np.asarray(golden["vectors"][name], np.float32)
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL,
@@ -79,7 +79,8 @@ def test_golden_vectors_are_distinct_and_informative(golden):
     a, b = (np.asarray(golden["vectors"][n]) for n in SIGNALS)
     assert a.shape == b.shape == (AUDIO_DIM,)
     assert not np.allclose(a, b)
-    assert 0 < a[-6] < 1 and 0 < b[-6] < 1  # both have voiced and unvoiced pitch frames
+    voiced = N_BASE - 6  # the pitch summaries end version 2's statistics
+    assert 0 < a[voiced] < 1 and 0 < b[voiced] < 1  # both have voiced and unvoiced pitch frames
 
 
 def test_utterance_features_are_deterministic_and_length_robust():
@@ -88,6 +89,21 @@ def test_utterance_features_are_deterministic_and_length_robust():
     for n in (2, 159, 400, 641):  # shorter than a window / a pitch frame
         out = utterance_features(wav[8000:8000 + n])
         assert out.shape == (AUDIO_DIM,) and np.isfinite(out).all(), n
+
+
+def test_voice_quality_and_energy_shape_do_not_move_with_gain():
+    """The docstring's promise: version 3's energy-shape and voice-quality statistics are
+    level-invariant (the same speech 20 dB quieter gives the same values), its spectral flux and
+    tilt nearly so, while version 2's mean level moves by the 20 dB."""
+    from mlsan_edge.features.audio import FEATURE_GROUPS as G
+
+    wav = load_audio(SPEECH)
+    loud, quiet = utterance_features(wav), utterance_features(wav * 0.1)
+    assert G["version2"] == slice(0, N_BASE) and G["voice_quality"].stop == AUDIO_DIM
+    for group, tol in (("energy_shape", 1e-3), ("voice_quality", 1e-3), ("spectral_flux_tilt", 0.1)):
+        np.testing.assert_allclose(quiet[G[group]], loud[G[group]], atol=tol, err_msg=group)
+    mean_db = N_BASE - 19  # energy summaries start 19 from the end of version 2
+    assert loud[mean_db] - quiet[mean_db] > 15
 
 
 @pytest.mark.xfail(raises=IndexError, strict=True,

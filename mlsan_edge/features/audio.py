@@ -2,7 +2,8 @@
 
 `utterance_features(wav)` turns one utterance of 16 kHz mono audio into the fixed-size vector
 the model's audio branch consumes: statistics of log-mel energies, MFCCs and their deltas,
-frame energy, a spectral-shape summary and a voicing/pitch estimate. Everything is computed
+frame energy, spectral shape and flux, pitch and voice quality (jitter, shimmer, harmonicity);
+`FEATURE_GROUPS` says where each group sits. Everything is computed
 with numpy so the device needs no torch and no librosa.
 """
 
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlsan_edge.config import (AUDIO_DIM, HOP_LENGTH, N_FFT, N_MELS, N_MFCC, N_STAT_EXTRA,  # noqa: F401
-                               SAMPLE_RATE, WIN_LENGTH)
+from mlsan_edge.config import (AUDIO_DIM, HOP_LENGTH, N_BASE, N_DYNAMIC, N_FFT, N_MELS, N_MFCC,  # noqa: F401
+                               N_STAT_EXTRA, SAMPLE_RATE, WIN_LENGTH)
 from mlsan_edge.features.mel import mel_filterbank, power_spectrogram
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,23 @@ def _decode_with_av(path: Path) -> tuple[np.ndarray, int]:
 # --- the emotion front-end ------------------------------------------------------------------
 ACTIVE_DB = 40.0  # frames more than 40 dB below the loudest frame are treated as silence
 F0_MIN, F0_MAX = 60.0, 500.0  # Hz, search range of the pitch tracker
-# N_STAT_EXTRA = 5 + 8 + 6 (energy, spectral shape, pitch summaries) and AUDIO_DIM = 207 live in config.py
+# N_STAT_EXTRA = 5 + 8 + 6 (energy, spectral shape, pitch summaries), N_DYNAMIC = 164 and
+# AUDIO_DIM = 371 live in config.py
+
+
+def _groups(sizes: dict[str, int]) -> dict[str, slice]:
+    out, at = {}, 0
+    for name, n in sizes.items():
+        out[name], at = slice(at, at + n), at + n
+    assert at == AUDIO_DIM, at
+    return out
+
+
+# where each group of statistics sits in `utterance_features`' output (benchmarks/audio_features.py)
+FEATURE_GROUPS: dict[str, slice] = _groups({
+    "version2": N_BASE,
+    "mfcc_spread": 2 * N_MFCC, "mfcc_dynamics": 2 * N_MFCC, "mel_dynamics": N_MELS,
+    "spectral_flux_tilt": 7, "energy_shape": 4, "voice_quality": 9})
 
 
 def _power(wav: np.ndarray) -> np.ndarray:
@@ -158,7 +175,13 @@ def utterance_features(wav: np.ndarray) -> np.ndarray:
     Layout: MFCC mean (20), MFCC std (20), delta-MFCC std (20), log-mel mean (64),
     log-mel std (64), energy [mean, std, max, p90-p10, slope] (5), spectral
     [centroid mean/std, rolloff mean/std, flatness mean/std, zcr mean/std] (8),
-    pitch [voiced fraction, mean log-f0, std, p10, p90, slope] (6).
+    pitch [voiced fraction, mean log-f0, std, p10, p90, slope] (6); then `_dynamics`' 164:
+    MFCC p90-p10 (20) and median-mean (20), mean |delta-MFCC| (20), delta-delta-MFCC std (20),
+    delta-log-mel std (64), spectral [flux mean/std/p90, alpha ratio mean/std, tilt mean/std] (7),
+    energy [skewness, kurtosis, delta std, active fraction] (4), voice quality [jitter, shimmer,
+    harmonicity mean/std, voicing strength, |delta log-f0| mean/std, f0 p95-p5, voiced onsets
+    per second] (9). Energy shape and voice quality do not move with gain; the MFCC and log-mel
+    statistics move only where quiet bands reach the log's floor.
     Statistics are over active frames (within ACTIVE_DB of the loudest), so leading and
     trailing silence and the VAD's padding do not dilute them.
 
@@ -199,7 +222,7 @@ def utterance_features(wav: np.ndarray) -> np.ndarray:
     spectral = [centroid.mean(), centroid.std(), rolloff.mean(), rolloff.std(),
                 flatness.mean(), flatness.std(), zcr.mean(), zcr.std()]
 
-    f0, _ = pitch_track(wav)
+    f0, voicing = pitch_track(wav)
     voiced = f0 > 0
     if voiced.sum() >= 2:
         lf0 = 12 * np.log2(f0[voiced] / 100.0)  # semitones re 100 Hz
@@ -210,6 +233,56 @@ def utterance_features(wav: np.ndarray) -> np.ndarray:
         pitch = [voiced.mean(), 0.0, 0.0, 0.0, 0.0, 0.0]
 
     out = np.concatenate([mfcc.mean(0), mfcc.std(0), d_mfcc.std(0), lm_a.mean(0), lm_a.std(0),
-                          energy, spectral, pitch]).astype(np.float32)
+                          energy, spectral, pitch,
+                          _dynamics(mfcc, d_mfcc, lm_a, e, p, freqs, active, frame_db, f0, voicing)]).astype(np.float32)
     assert out.shape == (AUDIO_DIM,), out.shape
+    return out
+
+
+def _skew_kurtosis(x: np.ndarray) -> tuple[float, float]:
+    z = (x - x.mean()) / (x.std() + 1e-6)
+    return float(np.mean(z ** 3)), float(np.mean(z ** 4) - 3.0)
+
+
+def _dynamics(mfcc, d_mfcc, lm_a, e, p, freqs, active, frame_db, f0, voicing) -> np.ndarray:
+    """The 164 statistics feature version 3 added (issue #9): how the voice moves and its quality,
+    which a linear probe found carry across speakers and microphones (README "Audio front-end").
+    Inputs are `utterance_features`' intermediate arrays over the active frames."""
+    p10, p50, p90 = np.percentile(mfcc, [10, 50, 90], axis=0)
+    shape = [p90 - p10, p50 - mfcc.mean(0), np.abs(d_mfcc).mean(0), _deltas(d_mfcc).std(0), _deltas(lm_a).std(0)]
+
+    spec = p / (p.sum(axis=1, keepdims=True) + 1e-10)
+    flux = np.sqrt((np.diff(spec, axis=0) ** 2).sum(axis=1)) if len(spec) > 1 else np.zeros(1)
+    alpha = 10 * np.log10((p[:, freqs >= 1000].sum(1) + 1e-10) / (p[:, freqs < 1000].sum(1) + 1e-10))
+    fz = (freqs - freqs.mean()) / freqs.std()
+    lp = np.log(p + 1e-10)
+    tilt = (lp - lp.mean(axis=1, keepdims=True)) @ fz / len(fz)
+    spectral = [flux.mean(), flux.std(), np.percentile(flux, 90), alpha.mean(), alpha.std(), tilt.mean(), tilt.std()]
+
+    energy = [*_skew_kurtosis(e), float(_deltas(e[:, None])[:, 0].std()), float(active.mean())]
+
+    voice = np.zeros(9)
+    voiced = f0 > 0
+    on_active = active[np.minimum(np.arange(len(f0)) * 2, len(active) - 1)]  # pitch hop = 2 frame hops
+    if on_active.any():
+        voice[4] = voicing[on_active].mean()
+    if voiced.sum() >= 4:
+        idx = np.flatnonzero(voiced)
+        pair = np.flatnonzero(np.diff(idx) == 1)  # consecutive voiced frames
+        if len(pair) >= 2:
+            a, b = idx[pair], idx[pair + 1]
+            voice[0] = np.mean(np.abs(1 / f0[a] - 1 / f0[b])) / np.mean(1 / f0[voiced])  # jitter, relative
+            db = frame_db[np.minimum(np.arange(len(f0)) * 2, len(frame_db) - 1)]
+            voice[1] = np.mean(np.abs(db[a] - db[b]))  # shimmer, dB
+            step = np.abs(12 * np.log2(f0[b] / f0[a]))
+            voice[5], voice[6] = step.mean(), step.std()
+        r = np.clip(voicing[voiced], 1e-3, 0.999)
+        hnr = 10 * np.log10(r / (1 - r))
+        voice[2], voice[3] = hnr.mean(), hnr.std()
+        lf0 = 12 * np.log2(f0[voiced] / 100.0)
+        voice[7] = np.percentile(lf0, 95) - np.percentile(lf0, 5)
+        onsets = np.sum(np.diff(voiced.astype(np.int8)) == 1) + int(voiced[0])
+        voice[8] = onsets / max(len(f0) * 2 * HOP_LENGTH / SAMPLE_RATE, 0.1)
+    out = np.concatenate([*shape, spectral, energy, voice])
+    assert out.shape == (N_DYNAMIC,), out.shape
     return out
