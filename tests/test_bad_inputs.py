@@ -299,7 +299,7 @@ def test_run_with_an_unknown_manifest_schema_is_one_line(bundle_copy, tmp_path, 
 
 
 def test_onnx_model_with_the_wrong_input_shape_is_a_readable_error():
-    """The shipped stage-3 graph fed a 95-d fused vector: a readable InputError naming the input,
+    """The shipped stage-3 graph fed a fused vector one too narrow: a readable InputError naming the input,
     before onnxruntime runs (tests/test_backends.py covers dtype, rank, batch and missing inputs)."""
     from mlsan_edge.backends.base import InputError
     from mlsan_edge.backends.onnxruntime import OrtBackend
@@ -307,8 +307,9 @@ def test_onnx_model_with_the_wrong_input_shape_is_a_readable_error():
 
     with OrtBackend(load_bundle("default").path("student.stage3.fp32"), threads=1) as m:
         feeds = {s.name: np.zeros([1 if d == "batch" else d for d in s.shape], np.float32) for s in m.inputs}
-        feeds["fused"] = np.zeros((1, 95), np.float32)
-        with pytest.raises(InputError, match="'fused'.*96"):
+        width = next(s.shape[1] for s in m.inputs if s.name == "fused")  # the student's hidden size
+        feeds["fused"] = np.zeros((1, width - 1), np.float32)
+        with pytest.raises(InputError, match=f"'fused'.*{width}"):
             m.run(feeds)
 
 
