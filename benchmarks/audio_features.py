@@ -2,8 +2,9 @@
 
     python benchmarks/audio_features.py [--data ../shared/data]
 
-Every RAVDESS clip (cut by the VAD as training cuts it) and every EmoSpeech clip goes through
-`features.audio.utterance_features`; its columns are split by `FEATURE_GROUPS`. A logistic
+The audio features of the training tables (`data.extract`, cached: every RAVDESS clip cut by the
+VAD, EmoSpeech's training and evaluation users), `features.audio.utterance_features`' output,
+are split into columns by `FEATURE_GROUPS`. A logistic
 regression (C = 0.05, standardised inputs) is trained on the other RAVDESS actors plus
 EmoSpeech's training users and scored on
 
@@ -22,24 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-_VAD = None
-
-
-def _features(path: str) -> np.ndarray:
-    global _VAD
-    from mlsan_edge.features.assets import default_asset
-    from mlsan_edge.features.audio import load_audio, utterance_features
-    from mlsan_edge.features.vad import SileroVAD, speech_span
-
-    if _VAD is None:
-        _VAD = SileroVAD(default_asset("vad"))
-    return utterance_features(speech_span(load_audio(path), vad=_VAD))
 
 
 def _speaker_z(x: np.ndarray, speaker: np.ndarray) -> np.ndarray:
@@ -70,23 +58,23 @@ def probe(rx, ry, ractor, ex, ey, esplit) -> tuple[float, float]:
 
 
 def main(argv=None) -> int:
-    from mlsan_edge.data.emospeech import emospeech_split, load_emospeech
-    from mlsan_edge.data.ravdess import load_ravdess
+    from mlsan_edge.data.extract import emospeech_table, ravdess_table
     from mlsan_edge.features.audio import FEATURE_GROUPS
+    from mlsan_edge.training_job import encoder_paths
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "audio_features.json"))
     a = p.parse_args(argv)
-    rav = load_ravdess(Path(a.data) / "ravdess")
-    emo = load_emospeech(Path(a.data) / "emospeech", None)
-    with ProcessPoolExecutor(a.workers) as ex:
-        rx = np.stack(list(ex.map(_features, [str(c.path) for c in rav], chunksize=16))).astype(np.float64)
-        exs = np.stack(list(ex.map(_features, [str(c.path) for c in emo], chunksize=16))).astype(np.float64)
-    ry, ractor = np.array([c.label for c in rav]), np.array([c.actor for c in rav])
-    ey, espk = np.array([c.label for c in emo]), np.array([c.speaker for c in emo])
-    esplit = np.array([emospeech_split(s) for s in espk])
+    # the training tables' features (the same VAD cut and front-end, cached in ~/.cache/mlsan_edge)
+    enc = encoder_paths()
+    rav = ravdess_table(Path(a.data) / "ravdess", enc["text_encoder"], enc["voice_encoder"], vad=enc["vad"])
+    es = {split: emospeech_table(Path(a.data) / "emospeech", enc["text_encoder"], enc["voice_encoder"], split=split,
+                                 vad=enc["vad"]) for split in ("train", "eval")}
+    rx, ry, ractor = rav.audio.astype(np.float64), rav.label, rav.group
+    exs = np.vstack([t.audio for t in es.values()]).astype(np.float64)
+    ey, espk = np.concatenate([t.label for t in es.values()]), np.concatenate([t.speaker for t in es.values()])
+    esplit = np.concatenate([np.full(len(t), split) for split, t in es.items()])
     base = FEATURE_GROUPS["version2"]
     sets = {"version2": [base]}
     sets.update({f"version2 + {g}": [base, s] for g, s in FEATURE_GROUPS.items() if g != "version2"})
@@ -101,7 +89,7 @@ def main(argv=None) -> int:
             results.setdefault(name, {"dims": int(len(idx))})[norm] = {"ravdess_unseen_actors": acc[0],
                                                                        "emospeech_eval_users": acc[1]}
             print(f"{norm:12s} {name:32s} RAVDESS {acc[0]:5.1f}  EmoSpeech {acc[1]:5.1f}", flush=True)
-    doc = {"command": "python benchmarks/audio_features.py", "clips": {"ravdess": len(rav), "emospeech": len(emo)},
+    doc = {"command": "python benchmarks/audio_features.py", "clips": {"ravdess": len(rav), "emospeech": len(exs)},
            "probe": "logistic regression C=0.05; RAVDESS 5 folds of 4 unseen actors + EmoSpeech eval users",
            "results": results}
     Path(a.out).write_text(json.dumps(doc, indent=2) + "\n")

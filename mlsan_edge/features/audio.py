@@ -263,7 +263,8 @@ def _dynamics(mfcc, d_mfcc, lm_a, e, p, freqs, active, frame_db, f0, voicing) ->
 
     voice = np.zeros(9)
     voiced = f0 > 0
-    on_active = active[np.minimum(np.arange(len(f0)) * 2, len(active) - 1)]  # pitch hop = 2 frame hops
+    frame = np.minimum(np.arange(len(f0)) * 2, len(active) - 1)  # each pitch frame's STFT frame (2 hops)
+    on_active = active[frame]
     if on_active.any():
         voice[4] = voicing[on_active].mean()
     if voiced.sum() >= 4:
@@ -272,7 +273,7 @@ def _dynamics(mfcc, d_mfcc, lm_a, e, p, freqs, active, frame_db, f0, voicing) ->
         if len(pair) >= 2:
             a, b = idx[pair], idx[pair + 1]
             voice[0] = np.mean(np.abs(1 / f0[a] - 1 / f0[b])) / np.mean(1 / f0[voiced])  # jitter, relative
-            db = frame_db[np.minimum(np.arange(len(f0)) * 2, len(frame_db) - 1)]
+            db = frame_db[frame]
             voice[1] = np.mean(np.abs(db[a] - db[b]))  # shimmer, dB
             step = np.abs(12 * np.log2(f0[b] / f0[a]))
             voice[5], voice[6] = step.mean(), step.std()
