@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     from mlsan_edge.evaluate import evaluate
     from mlsan_edge.metrics import calibration_error, purity_coverage
     from mlsan_edge.features.audio import load_audio
+    from mlsan_edge.features.vad import VADConfig
     from mlsan_edge.runtime import RuntimeConfig, load_runtime
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -74,6 +75,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold", type=float, default=None, help="speaker-cache threshold (default: the tuned one)")
     p.add_argument("--speaker-scoring", default="auto", choices=["auto", "scorer", "cosine"])
+    p.add_argument("--min-silence-ms", type=int, default=None,
+                   help="VAD silence that ends an utterance (default: VADConfig's)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "device_accuracy.json"))
     a = p.parse_args(argv)
     rng = np.random.default_rng(a.seed)
@@ -94,7 +97,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "stream.flac"
         sf.write(wav, np.concatenate(pieces), 16000)
-        config = RuntimeConfig(speaker_threshold=a.threshold, speaker_scoring=a.speaker_scoring)
+        vad = VADConfig() if a.min_silence_ms is None else VADConfig(min_silence_ms=a.min_silence_ms)
+        config = RuntimeConfig(speaker_threshold=a.threshold, speaker_scoring=a.speaker_scoring, vad=vad)
         with load_runtime(bundle=a.bundle, cache=None, config=config) as rt:
             events = list(rt.stream(audio=f"file://{wav}"))
     matched = {}
@@ -132,6 +136,7 @@ def main(argv=None) -> int:
               "device_speakers": replay_accuracy(stages, table, rows,
                                                  [f"spk{matched[k].speaker_id}" for k in sorted(matched)])}
     res = {"bundle": a.bundle, "speaker_scoring": a.speaker_scoring, "speaker_threshold": a.threshold,
+           "vad_min_silence_ms": vad.min_silence_ms,
            "actors": actors, "clips_per_actor": a.clips, "seed": a.seed, "device": device,
            "eval": {"accuracy": ev["accuracy"], "n": ev["n"], "command": f"mlsan-edge eval --bundle {a.bundle} "
                     f"--dataset ravdess --data {_shown(a.data)} --actors {a.actors} --stream --modalities audio "

@@ -117,11 +117,12 @@ def test_segmenter_rules_on_scripted_probabilities():
     assert u.audio[0] == audio[int(round(u.start_s * SR))]
     # a 160 ms blip is shorter than min_speech (250 ms): dropped
     assert run_scripted([0.0] * 10 + [0.9] * 5 + [0.0] * 20)[0] == []
-    # a 192 ms dip (< min_silence 300 ms) does not split; hysteresis: 0.4 (between 0.35 and 0.5) keeps speech
+    # a 192 ms dip (< min_silence 500 ms) does not split; hysteresis: 0.4 (between 0.35 and 0.5) keeps speech
     utts, _ = run_scripted([0.0] * 5 + [0.9] * 10 + [0.1] * 6 + [0.9] * 10 + [0.4] * 30 + [0.0] * 20)
     assert len(utts) == 1 and utts[0].end_s == pytest.approx((5 + 10 + 6 + 10 + 30) * c + 0.1)
-    # a 400 ms dip splits in two
-    assert len(run_scripted([0.0] * 5 + [0.9] * 10 + [0.1] * 13 + [0.9] * 10 + [0.0] * 20)[0]) == 2
+    # a 416 ms pause inside a sentence does not split (it did at the old 300 ms); a 608 ms one does
+    assert len(run_scripted([0.0] * 5 + [0.9] * 10 + [0.1] * 13 + [0.9] * 10 + [0.0] * 20)[0]) == 1
+    assert len(run_scripted([0.0] * 5 + [0.9] * 10 + [0.1] * 19 + [0.9] * 10 + [0.0] * 20)[0]) == 2
     # speech running at the end of the stream is closed by flush()
     (u,), _ = run_scripted([0.0] * 5 + [0.9] * 20)
     assert u.end_s == pytest.approx(25 * c)

@@ -27,7 +27,7 @@ FRAME = SAMPLE_RATE // 100  # 10 ms frames for the speech trim
 SPEECH_DB = 35.0  # a frame is speech when within 35 dB of the clip's loudest frame ...
 FLOOR_DB = 15.0  # ... and 15 dB above its noise floor (10th percentile frame: the clips open with silence)
 KEEP_PAD_S = 0.05  # kept around the trimmed speech, so onsets and releases are not clipped
-GAP_S = 1.0  # silence between clips in a test stream (> the VAD's 300 ms hangover)
+GAP_S = 1.0  # silence between clips in a test stream (> the VAD's 500 ms hangover)
 SENTENCES = {1: "Kids are talking by the door", 2: "Dogs are sitting by the door"}  # RAVDESS statements
 RAVDESS_TO_EMOTION = {1: "neutral", 2: "neutral", 3: "joy", 4: "sadness", 5: "anger", 6: "fear", 7: "disgust",
                       8: "surprise"}  # as mlsan_edge.data.ravdess (calm folds into neutral)

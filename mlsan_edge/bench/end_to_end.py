@@ -12,7 +12,7 @@ utterance:
                          (`runtime/speculation.py`); `speculate=False` measures without that
     speech_end_to_event  wall clock from the clip's true end of speech (known from how the
                          stream was built) to the event reaching the caller: the VAD hangover
-                         (`VADConfig.min_silence_ms`, 300 ms by default) + end_to_end + queueing.
+                         (`VADConfig.min_silence_ms`, 500 ms by default) + end_to_end + queueing.
                          The stream's time 0 is taken when `stream()` is called; the source
                          starts its clock at its first read, a few ms later, so this slightly
                          over-states the wait. Events whose utterance the VAD closed before the
@@ -37,7 +37,7 @@ import numpy as np
 from mlsan_edge.bench.data import build_stream
 from mlsan_edge.bench.stats import summarize
 
-HANGOVERS_MS = (300, 200, 150, 100)
+HANGOVERS_MS = (500, 300, 200, 150)  # the first is VADConfig's default: the sweep's reference
 EARLY_TOLERANCE_S = 0.05  # an utterance's end may fall this much before the clip's (the VAD's 32 ms chunks)
 
 
@@ -126,7 +126,7 @@ def bench_end_to_end(clips, bundle, warmup: int = 2, speculate: bool = True) -> 
         "matched_events": sum(m is not None for m in match), "stream_s": round(r["stream_s"], 2),
         "events_ending_before_speech": early,
         "dropped": events[-1].dropped if events else {}, "load_runtime_s": round(load_s, 3),
-        "vad_min_silence_ms": 300, "runtime_budgets": stats["budgets"], "speculate": speculate,
+        "vad_min_silence_ms": rt.config.vad.min_silence_ms, "runtime_budgets": stats["budgets"], "speculate": speculate,
         "speculated_events": sum("speculative" in events[i].timings_ms for i in used),
         "what": "total_after_end from the VAD chunk that closed the utterance to the event; speech_end_to_event "
                 "from the clip's true end of speech (stream construction) to the event reaching the caller",

@@ -1,6 +1,6 @@
 """Work on an utterance started during the VAD hangover, used when the VAD closes it.
 
-The VAD closes an utterance only after `VADConfig.min_silence_ms` (300 ms) of silence, but the
+The VAD closes an utterance only after `VADConfig.min_silence_ms` (500 ms) of silence, but the
 utterance's audio ends `speech_pad_ms` (100 ms) after its speech: from then on it is fixed
 (`Segmenter.settled()`) while the VAD waits out the rest of the hangover. `UtteranceSegmenter`
 (step.py) then starts what does not depend on anything later:
