@@ -75,6 +75,11 @@ class ModelConfig:
     use_stage2: bool = True
     use_stage3: bool = True
     use_speaker: bool = True
+    # stage 1's per-speaker standardisation divides by the speaker's spread; this bounds the gain
+    # (corpus std / speaker std) it may apply. None: unbounded (checkpoints before issue #9's
+    # stage-1 change). A speaker heard only neutral has a narrow spread, and an unbounded gain
+    # magnified their sentence-to-sentence differences into emotions (GRID s1: 3 of 7 neutral).
+    stage1_max_gain: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(_asdict(self), indent=2)

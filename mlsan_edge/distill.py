@@ -62,7 +62,8 @@ def distill(teacher, train_table, stats, student_cfg=None, cfg=None, kd: Distill
     cfg = cfg or TrainConfig()
     tc = teacher.cfg
     student_cfg = student_cfg or replace(CONFIGS["student"], audio_dim=tc.audio_dim, visual_dim=tc.visual_dim,
-                                         text_dim=tc.text_dim, voice_dim=tc.voice_dim, n_classes=tc.n_classes)
+                                         text_dim=tc.text_dim, voice_dim=tc.voice_dim, n_classes=tc.n_classes,
+                                         stage1_max_gain=tc.stage1_max_gain)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)

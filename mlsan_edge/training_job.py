@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -157,8 +158,9 @@ def run_training(data: Path, out: Path, config: str = "teacher", epochs: int | N
                  actors: list[int] | None = None, use_meld: bool = True, use_ravdess: bool = True,
                  use_emospeech: bool = True, augment_copies: int = AUGMENT_COPIES,
                  text_encoder: str | Path | None = None, ensemble: int | None = None, bundle: str | Path = "default",
-                 neutral_first: bool = True) -> dict:
-    """Train on the corpora under `data`, their features computed with `bundle`'s encoders and VAD."""
+                 neutral_first: bool = True, stage1_max_gain: float | None = None) -> dict:
+    """Train on the corpora under `data`, their features computed with `bundle`'s encoders and VAD.
+    `stage1_max_gain` overrides the config's (inf: unbounded)."""
     from mlsan_edge.train import concat_tables, fit, model_config, save_checkpoint, train_config
 
     if not data.exists():
@@ -167,7 +169,8 @@ def run_training(data: Path, out: Path, config: str = "teacher", epochs: int | N
     train = concat_tables(load_training_tables(data, enc, actors, use_meld, use_ravdess, use_emospeech, augment_copies))
     tc = train_config(config, seed=seed, neutral_first=neutral_first, **({} if epochs is None else {"epochs": epochs}),
                       **({} if ensemble is None else {"ensemble": ensemble}))
-    mc = model_config(config)
+    mc = model_config(config) if stage1_max_gain is None else \
+        model_config(config, stage1_max_gain=None if math.isinf(stage1_max_gain) else float(stage1_max_gain))
     model, stats, hist = fit(train, mc, tc)
     meta = {"train": asdict(tc), "history": hist, "n_params": model.n_params(), **data_meta(train, enc, bundle)}
     save_checkpoint(out, model, stats, meta)

@@ -170,6 +170,37 @@ def test_ablations_run(switch):
         torch.testing.assert_close(out["trust"], expect)
 
 
+def test_stage1_gain_is_bounded():
+    """A speaker heard with a narrow spread is not magnified beyond stage1_max_gain; a wide one is
+    still scaled down; None keeps the unbounded 1 / relative std."""
+    from mlsan_edge.model.mlsan import stage1_scale
+
+    log_sd = torch.log(torch.tensor([0.01, 0.5, 1.0, 4.0]))  # speaker std / corpus std
+    torch.testing.assert_close(stage1_scale(log_sd, 1.0), torch.tensor([1.0, 1.0, 1.0, 0.25]))
+    torch.testing.assert_close(stage1_scale(log_sd, 2.0), torch.tensor([2.0, 2.0, 1.0, 0.25]))
+    torch.testing.assert_close(stage1_scale(log_sd, None), torch.tensor([100.0, 2.0, 1.0, 0.25]))
+    # in the network: with the bound, a speaker's narrower spread leaves stage 1's input unchanged
+    # once the gain reaches it, so only the speaker network (through log_sd) sees the difference
+    torch.manual_seed(0)
+    m = MLSAN(tiny_config(stage1_max_gain=1.0, use_speaker=True)).eval()
+    batch = make_batch(make_table(seed=6))
+    batch["profile_audio_var"] = batch["profile_audio_var"].clamp(max=0.9)  # narrower than the corpus (std 1)
+    narrow = clone(batch)
+    narrow["profile_audio_var"] = batch["profile_audio_var"] * 1e-4
+    with torch.no_grad():
+        for p in m.speaker.parameters():  # the speaker network ignores its inputs: isolate stage 1
+            p.zero_()
+        a, b = m(batch), m(narrow)
+    assert torch.equal(m.audio_std, torch.ones_like(m.audio_std))
+    torch.testing.assert_close(a["logits"], b["logits"])
+    torch.manual_seed(0)
+    m = MLSAN(tiny_config(stage1_max_gain=None)).eval()
+    with torch.no_grad():
+        for p in m.speaker.parameters():
+            p.zero_()
+        assert not torch.allclose(m(batch)["logits"], m(narrow)["logits"])
+
+
 def test_without_speaker_inputs_are_ignored():
     torch.manual_seed(0)
     m = MLSAN(tiny_config(use_speaker=False)).eval()

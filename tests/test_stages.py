@@ -102,7 +102,8 @@ def _stream_probs(model, batch: dict) -> np.ndarray:
 
 
 ABLATIONS = [{}, {"use_stage1": False}, {"use_stage2": False}, {"use_speaker": False},
-             {"use_stage1": False, "use_stage2": False, "use_speaker": False}]
+             {"use_stage1": False, "use_stage2": False, "use_speaker": False},
+             {"stage1_max_gain": None}, {"stage1_max_gain": 0.5}]  # unbounded; a bound that binds
 
 
 @pytest.mark.parametrize("config", ["teacher", "student"])

@@ -27,7 +27,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     res = run_training(data=Path(a.data), out=Path(a.out), config=a.config, epochs=a.epochs, seed=a.seed,
                        actors=_parse_actors(a.actors), use_meld=not a.no_meld, use_ravdess=not a.no_ravdess,
                        use_emospeech=not a.no_emospeech, augment_copies=a.augment,
-                       text_encoder=a.text_encoder, ensemble=a.ensemble, neutral_first=not a.no_neutral_first)
+                       text_encoder=a.text_encoder, ensemble=a.ensemble, neutral_first=not a.no_neutral_first,
+                       stage1_max_gain=a.stage1_max_gain)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -210,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="channel-augmented copies of every acted clip (microphone, room, noise, codec; 0: none)")
     t.add_argument("--text-encoder", default=None, help="text encoder ONNX (default: the default bundle's)")
     t.add_argument("--ensemble", type=int, default=None, help="seeds averaged in the teacher (default 3; student 1)")
+    t.add_argument("--stage1-max-gain", type=float, default=None, metavar="G",
+                   help="most stage 1 may magnify a speaker's features (corpus std / speaker std); "
+                        "inf: unbounded, as before issue #9's stage-1 change (default: the config's)")
     t.set_defaults(func=cmd_train)
 
     k = sub.add_parser("distill", help="train the small student from a teacher's soft targets (needs [train])",

@@ -22,6 +22,14 @@ from mlsan_edge.config import ModelConfig
 CALIBRATED = ("audio", "visual")  # modalities stage 1 calibrates; text is already speaker-neutral
 
 
+def stage1_scale(log_sd: torch.Tensor, max_gain: float | None) -> torch.Tensor:
+    """Stage 1's per-speaker scale, 1 / (speaker std / corpus std) = exp(-log_sd), at most
+    `max_gain` (None: unbounded). A speaker's spread still reaches the speaker network (and its FiLM)
+    through `log_sd`; the bound only stops a narrow spread from magnifying small differences."""
+    scale = torch.exp(-log_sd)
+    return scale if max_gain is None else scale.clamp(max=float(max_gain))
+
+
 def mlp(d_in: int, d_out: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_out), nn.LayerNorm(d_out), nn.GELU(), nn.Dropout(dropout))
 
@@ -180,7 +188,7 @@ class MLSAN(nn.Module):
             if cfg.use_stage1:
                 if cfg.use_speaker:
                     mu_z, log_sd_z = norm_stats[2 * CALIBRATED.index(m)], norm_stats[2 * CALIBRATED.index(m) + 1]
-                    z[m] = (z[m] - mu_z) * torch.exp(-log_sd_z)
+                    z[m] = (z[m] - mu_z) * stage1_scale(log_sd_z, cfg.stage1_max_gain)
                 x_cal, gamma, beta = self.calib[m](z[m], s)
                 z[m] = x_cal * batch[f"mask_{m}"].unsqueeze(-1)
                 out[f"gamma_{m}"], out[f"beta_{m}"] = gamma, beta

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from mlsan_edge.config import MODALITIES
-from mlsan_edge.model.mlsan import CALIBRATED, MLSAN
+from mlsan_edge.model.mlsan import CALIBRATED, MLSAN, stage1_scale
 
 GRAPHS: tuple[str, ...] = ("speaker", "stage1", "stage2", "stage3")
 
@@ -89,7 +89,7 @@ class SpeakerGraph(nn.Module):
             log_sd = 0.5 * torch.log(prof[k][1].clamp(min=1e-8)) - torch.log(std)
             norm_stats += [mu, log_sd]
             if cfg.use_speaker:
-                shift[k], scale[k] = mu, torch.exp(-log_sd)
+                shift[k], scale[k] = mu, stage1_scale(log_sd, cfg.stage1_max_gain)
             else:
                 shift[k], scale[k] = torch.zeros_like(mu), torch.ones_like(mu)
         if cfg.use_speaker:
