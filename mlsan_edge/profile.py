@@ -76,6 +76,10 @@ class ModalityStats:
         mean = w * self.mean + (1 - w) * global_mean
         # the speaker's spread around the *shrunk* mean, mixed with the global spread
         var = w * (var_s + (self.mean - mean) ** 2) + (1 - w) * global_var
+        # never narrower than the corpus: a speaker heard in one mood (mostly neutral, as a device
+        # hears most people) has a narrow spread, and standardising by it turned their small
+        # sentence-to-sentence differences into emotions (issue #9, GRID s1; README "stage 1's gain")
+        var = np.maximum(var, global_var)
         return mean.astype(np.float32), np.maximum(var, VAR_FLOOR).astype(np.float32), float(w)
 
     def to_dict(self) -> dict:

@@ -46,7 +46,7 @@ def test_calibration_is_global_at_count_zero():
 
 
 def test_calibration_approaches_the_speaker():
-    g_mean, g_var = np.zeros(4), np.ones(4)
+    g_mean, g_var = np.zeros(4), np.full(4, 0.01)  # a corpus narrower than this speaker
     xs = observations(2000, 4, seed=2, loc=5.0, scale=0.5)
     s, dist, confs = ModalityStats(4), [], []
     for i, x in enumerate(xs, start=1):
@@ -60,6 +60,8 @@ def test_calibration_approaches_the_speaker():
     assert all(a < b for a, b in zip(confs, confs[1:])) and confs[-1] > 0.99
     np.testing.assert_allclose(mean, xs.mean(0), atol=0.02)
     np.testing.assert_allclose(var, xs.var(0), rtol=0.05)  # the speaker's spread, not the global one
+    # a speaker narrower than the corpus is never standardised by their narrow spread (issue #9)
+    np.testing.assert_allclose(s.calibration(g_mean, np.ones(4))[1], np.ones(4))
 
 
 def test_calibration_after_one_observation_is_the_documented_mixture():
