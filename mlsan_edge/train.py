@@ -28,9 +28,9 @@ from mlsan_edge.model.mlsan import MLSAN
 
 log = logging.getLogger(__name__)
 
-# stage1_max_gain 1: stage 1 never magnifies a speaker's features beyond the corpus scale. Actors
-# 1-16, one network (README "Stage 1's gain"): GRID audio only 76.9 -> 100 %, unseen actors 17-20 equal
-# (58.3 % audio only; 85.0 -> 86.7 % with every modality); 2.0 gave GRID 84.6 %, 0.5 the same as 1
+# stage1_max_gain 1: stage 1 never magnifies a speaker's features beyond the corpus scale (trial on
+# actors 1-16, README "Stage 1's gain"). Alone it did not stop the shipped recipe's drift; the
+# variance floor in profile.ModalityStats.calibration did, and makes this bound a backstop
 CONFIGS = {
     "teacher": ModelConfig(name="teacher", audio_dim=AUDIO_DIM, hidden=256, speaker_dim=128,
                            context_layers=2, dropout=0.3, stage1_max_gain=1.0),

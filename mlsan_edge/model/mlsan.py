@@ -24,8 +24,10 @@ CALIBRATED = ("audio", "visual")  # modalities stage 1 calibrates; text is alrea
 
 def stage1_scale(log_sd: torch.Tensor, max_gain: float | None) -> torch.Tensor:
     """Stage 1's per-speaker scale, 1 / (speaker std / corpus std) = exp(-log_sd), at most
-    `max_gain` (None: unbounded). A speaker's spread still reaches the speaker network (and its FiLM)
-    through `log_sd`; the bound only stops a narrow spread from magnifying small differences."""
+    `max_gain` (None: unbounded). Since `profile.ModalityStats.calibration` floors a speaker's
+    variance at the corpus's, log_sd >= 0 on every profile the device or training builds and a
+    bound of 1 never binds there; it keeps the network itself from amplifying if handed a narrower
+    profile (a bundle's contract, not only our own profiles)."""
     scale = torch.exp(-log_sd)
     return scale if max_gain is None else scale.clamp(max=float(max_gain))
 
