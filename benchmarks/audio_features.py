@@ -59,6 +59,7 @@ def probe(rx, ry, ractor, ex, ey, esplit) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     from mlsan_edge.data.extract import emospeech_table, ravdess_table
+    from mlsan_edge.config import FEATURE_VERSION
     from mlsan_edge.features.audio import FEATURE_GROUPS
     from mlsan_edge.training_job import encoder_paths
 
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     base = FEATURE_GROUPS["version2"]
     sets = {"version2": [base]}
     sets.update({f"version2 + {g}": [base, s] for g, s in FEATURE_GROUPS.items() if g != "version2"})
-    sets["all (version 3)"] = list(FEATURE_GROUPS.values())
+    sets[f"all (version {FEATURE_VERSION})"] = list(FEATURE_GROUPS.values())
     results = {}
     for norm in ("per_speaker", "global"):
         r = _speaker_z(rx, ractor) if norm == "per_speaker" else rx

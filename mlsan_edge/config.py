@@ -27,12 +27,15 @@ N_BASE = 2 * N_MFCC + N_MFCC + 2 * N_MELS + N_STAT_EXTRA  # 207: the statistics 
 # delta-delta std), N_MELS (delta log-mel std) and 7 + 4 + 9 (spectral flux/tilt, energy shape,
 # voice quality): each group measured in README "Audio front-end"
 N_DYNAMIC = 4 * N_MFCC + N_MELS + 7 + 4 + 9  # 164
-AUDIO_DIM = N_BASE + N_DYNAMIC  # 371: the emotion front-end's output size
+# feature version 4 (issue #9) computes every statistic on the utterance brought to one reference
+# level and gives the level itself as one last value, so only that value carries the microphone gain
+N_LEVEL = 1
+AUDIO_DIM = N_BASE + N_DYNAMIC + N_LEVEL  # 372: the emotion front-end's output size
 # bump when profile.py's update or calibration rule changes: bundles trained on another rule are refused
 PROFILE_VERSION = 1
 # bump when a front-end changes: bundles and cached tables are refused / rebuilt
-# (2: RAVDESS VAD-cut; 3: dynamics and voice-quality statistics)
-FEATURE_VERSION = 3
+# (2: RAVDESS VAD-cut; 3: dynamics and voice-quality statistics; 4: level-normalised statistics + level)
+FEATURE_VERSION = 4
 
 # --- classes --------------------------------------------------------------------------------
 # MELD's seven emotions, in the order the model's logits use.

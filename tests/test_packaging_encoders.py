@@ -46,7 +46,7 @@ def test_export_packs_the_checkpoints_encoders_by_relative_path(tmp_path, torch_
     assert checkpoint_encoders(b.root / "teacher") == {r: b.root / f for r, f in doc["encoders"].items()}
     contract = b.manifest.feature_contract  # the whole contract, with the tiny network's audio width
     assert contract == {**contract, **expected_feature_contract(), "audio_dim": 6}
-    with pytest.raises(FeatureContractError, match=r"feature_contract\.audio_dim is 6 but this mlsan_edge computes 371"):
+    with pytest.raises(FeatureContractError, match=r"feature_contract\.audio_dim is 6 but this mlsan_edge computes 372"):
         check_feature_contract(b)
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlsan_edge.config import (AUDIO_DIM, HOP_LENGTH, N_BASE, N_DYNAMIC, N_FFT, N_MELS, N_MFCC,  # noqa: F401
+from mlsan_edge.config import (AUDIO_DIM, HOP_LENGTH, N_BASE, N_DYNAMIC, N_FFT, N_LEVEL, N_MELS, N_MFCC,  # noqa: F401
                                N_STAT_EXTRA, SAMPLE_RATE, WIN_LENGTH)
-from mlsan_edge.features.mel import mel_filterbank, power_spectrogram
+from mlsan_edge.features.mel import hann_window, mel_filterbank, power_spectrogram
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,13 @@ def _decode_with_av(path: Path) -> tuple[np.ndarray, int]:
 
 # --- the emotion front-end ------------------------------------------------------------------
 ACTIVE_DB = 40.0  # frames more than 40 dB below the loudest frame are treated as silence
+# every utterance is brought to this speech level (dB re full scale, power over its active frames)
+# before its statistics, so a microphone's gain moves only the last value, the level itself
+REF_LEVEL_DB = -26.0
+MAX_GAIN_DB = 60.0  # at most this much up or down (digital silence stays silence)
 F0_MIN, F0_MAX = 60.0, 500.0  # Hz, search range of the pitch tracker
-# N_STAT_EXTRA = 5 + 8 + 6 (energy, spectral shape, pitch summaries), N_DYNAMIC = 164 and
-# AUDIO_DIM = 371 live in config.py
+# N_STAT_EXTRA = 5 + 8 + 6 (energy, spectral shape, pitch summaries), N_DYNAMIC = 164, N_LEVEL = 1
+# and AUDIO_DIM = 372 live in config.py
 
 
 def _groups(sizes: dict[str, int]) -> dict[str, slice]:
@@ -109,7 +113,7 @@ def _groups(sizes: dict[str, int]) -> dict[str, slice]:
 FEATURE_GROUPS: dict[str, slice] = _groups({
     "version2": N_BASE,
     "mfcc_spread": 2 * N_MFCC, "mfcc_dynamics": 2 * N_MFCC, "mel_dynamics": N_MELS,
-    "spectral_flux_tilt": 7, "energy_shape": 4, "voice_quality": 9})
+    "spectral_flux_tilt": 7, "energy_shape": 4, "voice_quality": 9, "level": N_LEVEL})
 
 
 def _power(wav: np.ndarray) -> np.ndarray:
@@ -180,9 +184,11 @@ def utterance_features(wav: np.ndarray) -> np.ndarray:
     delta-log-mel std (64), spectral [flux mean/std/p90, alpha ratio mean/std, tilt mean/std] (7),
     energy [skewness, kurtosis, delta std, active fraction] (4), voice quality [jitter, shimmer,
     harmonicity mean/std, voicing strength, |delta log-f0| mean/std, f0 p95-p5, voiced onsets
-    per second] (9). Energy shape and voice quality do not move with gain; the MFCC and log-mel
-    statistics move only where quiet bands reach the log's floor.
-    Statistics are over active frames (within ACTIVE_DB of the loudest), so leading and
+    per second] (9); last, the speech level in dB re full scale (1, `speech_level_db`).
+    Every statistic before the level is computed on the utterance scaled to REF_LEVEL_DB, so a
+    louder or quieter microphone changes the level and nothing else (feature version 4; before,
+    the MFCC, log-mel and energy means carried the gain, and quiet recordings reached the log's
+    floor). Statistics are over active frames (within ACTIVE_DB of the loudest), so leading and
     trailing silence and the VAD's padding do not dilute them.
 
     Args:
@@ -194,11 +200,11 @@ def utterance_features(wav: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(wav)):
         raise AudioError("audio holds NaN or inf samples")
     power = _power(wav)
+    level = speech_level_db(power)
+    gain = 10 ** (np.clip(REF_LEVEL_DB - level, -MAX_GAIN_DB, MAX_GAIN_DB) / 20)
+    wav, power = wav * np.float32(gain), power * np.float32(gain * gain)
     lm = np.log(power @ _mel_weights().T + 1e-6)
-    frame_db = 10 * np.log10(power.sum(axis=1) + 1e-10)
-    active = frame_db >= frame_db.max() - ACTIVE_DB
-    if active.sum() < 3:
-        active[:] = True
+    frame_db, active = _active_frames(power)
     lm_a = lm[active]
     mfcc = lm_a @ _dct_matrix(N_MELS, N_MFCC).T
     d_mfcc = _deltas(mfcc)
@@ -234,9 +240,29 @@ def utterance_features(wav: np.ndarray) -> np.ndarray:
 
     out = np.concatenate([mfcc.mean(0), mfcc.std(0), d_mfcc.std(0), lm_a.mean(0), lm_a.std(0),
                           energy, spectral, pitch,
-                          _dynamics(mfcc, d_mfcc, lm_a, e, p, freqs, active, frame_db, f0, voicing)]).astype(np.float32)
+                          _dynamics(mfcc, d_mfcc, lm_a, e, p, freqs, active, frame_db, f0, voicing),
+                          [level]]).astype(np.float32)
     assert out.shape == (AUDIO_DIM,), out.shape
     return out
+
+
+def _active_frames(power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame level in dB (frames,) and the active frames: within ACTIVE_DB of the loudest
+    (all of them when fewer than 3 are)."""
+    frame_db = 10 * np.log10(power.sum(axis=1) + 1e-10)
+    active = frame_db >= frame_db.max() - ACTIVE_DB
+    if active.sum() < 3:
+        active[:] = True
+    return frame_db, active
+
+
+def speech_level_db(power: np.ndarray) -> float:
+    """The speech level of an utterance from its power spectrogram (`_power`): the mean square of
+    its active frames in dB re full scale (a full-scale sine: -3 dB; silence: -100 dB or below)."""
+    frame_db, active = _active_frames(power)
+    # Parseval: a one-sided |STFT|^2 sums to (N_FFT / 2) * sum((x * window)^2)
+    per_unit = (N_FFT / 2) * float(np.sum(hann_window(WIN_LENGTH, N_FFT) ** 2))
+    return float(10 * np.log10(np.mean(10 ** (frame_db[active] / 10)) / per_unit + 1e-12))
 
 
 def _skew_kurtosis(x: np.ndarray) -> tuple[float, float]:
