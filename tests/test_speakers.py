@@ -243,6 +243,26 @@ def test_persists_across_reopen(tmp_path, voices):
         assert m.speaker_id == sid and not m.is_new and c.list()[0].name == "Alice"
 
 
+def test_statistics_of_another_feature_version_start_again(tmp_path, voices, caplog):
+    """A cache written when the audio front-end was another width (an older feature version)
+    opens: the speaker keeps their voice, the stale statistics start again (with a warning) and
+    the next utterance updates them instead of failing."""
+    db = tmp_path / "c.db"
+    with SpeakerCache(db, dims=DIMS) as c:
+        sid = c.identify(voices[0][0]).speaker_id
+        c.update_profile(sid, {"audio": np.ones(8), "visual": np.ones(4)})
+    with caplog.at_level("WARNING", logger="mlsan_edge.runtime.speakers"):
+        c = SpeakerCache(db, dims={"audio": 9, "visual": 4})
+    with c:
+        assert "audio statistics of 8 values, this bundle computes 9" in caplog.text
+        prof = c.get_profile(sid)
+        assert prof.stats["audio"].dim == 9 and prof.stats["audio"].count == 0
+        assert prof.stats["visual"].count == 1 and prof.voice_count == 1  # the rest is kept
+        assert c.identify(voices[0][1]).speaker_id == sid
+        c.update_profile(sid, {"audio": np.ones(9), "visual": None})
+        assert c.get_profile(sid).stats["audio"].count == 1
+
+
 def test_concurrent_use_from_threads(tmp_path):
     vs = _synthetic_voices(4, 25, seed=2)
     c = SpeakerCache(tmp_path / "c.db", threshold=0.8, dims=DIMS)

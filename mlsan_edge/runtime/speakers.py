@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from mlsan_edge.config import VOICE_DIM
-from mlsan_edge.profile import SpeakerProfile
+from mlsan_edge.profile import ModalityStats, SpeakerProfile
 from mlsan_edge.runtime.face_identity import FACE_DIM, FACE_THRESHOLD
 from mlsan_edge.runtime.named_persons import (  # noqa: F401 (re-exported)
     DEFAULT_LEARN_THRESHOLD, DEFAULT_NAMED_COSINE, DEFAULT_NAMED_THRESHOLD, NAMED_MARGIN, NAMED_MARGIN_COSINE,
@@ -147,12 +147,28 @@ class SpeakerCache(MatchingPolicy):
         self._store = SpeakerStore(path, self.voice_dim, key=key, key_file=key_file)
         self.path = self._store.path
         self._profiles: dict[int, SpeakerProfile] = self._store.profiles()
+        self._restart_foreign_stats()
         self._keys: dict[int, PersonKeys] = {sid: PersonKeys.from_dict(d) for sid, d in self._store.identities().items()}
         self._index = VoiceIndex(scorer, self.voice_dim)  # in-memory matching (voice_index.py)
         self._faces = FaceIndex()
         self._reindex()
         self._expired_at = float("-inf")
         self.expire()
+
+    def _restart_foreign_stats(self) -> None:
+        """Profiles written by another front-end (a feature vector of another width than this
+        bundle's `dims`) keep their voice and face, and their feature statistics start again: they
+        describe features this version no longer computes."""
+        stale = {}
+        for sid, p in self._profiles.items():
+            for m, d in self.dims.items():
+                if m in p.stats and p.stats[m].dim != d:
+                    stale.setdefault(m, (p.stats[m].dim, d, []))[2].append(sid)
+                    p.dims[m], p.stats[m] = d, ModalityStats(d)
+        for m, (old, new, sids) in stale.items():
+            log.warning("speaker cache %s: %d speaker(s) hold %s statistics of %d values, this bundle computes %d "
+                        "(another feature version); they keep their voices and faces and their %s statistics "
+                        "start again", self.path, len(sids), m, old, new, m)
 
     @property
     def encrypted(self) -> bool:
