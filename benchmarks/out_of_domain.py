@@ -18,7 +18,10 @@ classes), macro F1, neutral_rate (share of answers that are neutral) against tru
 mean confidence of right and of wrong answers, ECE (15 bins) and the OOD-flag rate when events
 carry one.
 
-    python benchmarks/out_of_domain.py [--bundle default] [--emospeech 150] [--seed 0] [--json OUT]
+    python benchmarks/out_of_domain.py [--bundle default] [--emospeech 150] [--seed 0] [--gain-db 0] [--json OUT]
+
+`--gain-db G` plays every clip G dB louder (quieter when negative): how much a microphone's gain moves
+the answers.
 
 Writes benchmarks/results/out_of_domain.json. `out_of_domain_before_issue9.json` is the same
 protocol and code on the default bundle before issue #9 (`--bundle` the bundle of commit c52d73a,
@@ -60,10 +63,11 @@ def corpora(shared: Path, n_emospeech: int, seed: int) -> dict[str, tuple[list, 
             EMOSPEECH: (emospeech_clips(shared / "emospeech", n_emospeech, seed), ("audio",))}
 
 
-def measure(clips: list, condition: str, bundle: str) -> dict:
+def measure(clips: list, condition: str, bundle: str, gain_db: float = 0.0) -> dict:
     from mlsan_edge.runtime.clip_eval import evaluate_clips
 
-    r = evaluate_clips(clips, bundle, face="none" if condition == "audio" else "auto", gap_s=1.0, progress=False)
+    r = evaluate_clips(clips, bundle, face="none" if condition == "audio" else "auto", gap_s=1.0, progress=False,
+                       gain_db=gain_db)
     if condition != "audio" and not r["video"]:
         raise RuntimeError("audio+video asked, but the runtime has no face path (pip install 'mlsan-edge[face]')")
     return {k: r[k] for k in KEEP if k in r}
@@ -74,6 +78,7 @@ def main() -> None:
     ap.add_argument("--bundle", default="default")
     ap.add_argument("--emospeech", type=int, default=150, help="EmoSpeech clips (round-robin over the eval users)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the EmoSpeech pick")
+    ap.add_argument("--gain-db", type=float, default=0.0, help="every clip this many dB louder (< 0: quieter)")
     ap.add_argument("--data", default=str(SHARED), help="folder holding talking/ and emospeech/")
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "out_of_domain.json"))
     a = ap.parse_args()
@@ -84,10 +89,10 @@ def main() -> None:
     b = load_bundle(a.bundle, verify=False)
     res = {"code": f"mlsan_edge {mlsan_edge.__version__}", "bundle": a.bundle, "bundle_name": b.manifest.name,
            "bundle_provenance": {k: v for k, v in b.manifest.provenance.items() if k in ("git_commit", "date")},
-           "seed": a.seed, "gap_s": 1.0, "date": time.strftime("%Y-%m-%d"), "corpora": {}}
+           "seed": a.seed, "gap_s": 1.0, "gain_db": a.gain_db, "date": time.strftime("%Y-%m-%d"), "corpora": {}}
     for corpus, (clips, conditions) in corpora(Path(a.data), a.emospeech, a.seed).items():
         for cond in conditions:
-            r = res["corpora"].setdefault(corpus, {})[cond] = measure(clips, cond, a.bundle)
+            r = res["corpora"].setdefault(corpus, {})[cond] = measure(clips, cond, a.bundle, a.gain_db)
             print(f"{corpus:62s} {cond:12s} n {r['clips']:3d}  acc {r['accuracy']:5.1f}%  neutral "
                   f"{r['neutral_rate']:5.1f}% (truth {r['truth_neutral_rate']:.0f}%)  conf right/wrong "
                   f"{r['confidence_right']}/{r['confidence_wrong']}  ECE {r['ece']:.3f}", flush=True)

@@ -28,6 +28,16 @@ def test_audio_clips_are_joined_with_gaps_and_spans(tmp_path):
     assert not wav[:int(0.5 * 16000)].any()  # silence before the first clip
 
 
+def test_gain_scales_every_clip_and_is_bounded(tmp_path):
+    a = SAMPLE / "03-01-01-01-01-01-01.flac"
+    clips = [Clip(a, "a01", "neutral", where="l.csv line 2")]
+    plain = sf.read(str(build_clip_stream(clips, tmp_path / "0", gap_s=0.2).audio), dtype="float32")[0]
+    quiet = sf.read(str(build_clip_stream(clips, tmp_path / "q", gap_s=0.2, gain_db=-20).audio), dtype="float32")[0]
+    np.testing.assert_allclose(quiet, plain * 0.1, atol=1e-7)
+    with pytest.raises(ValueError, match="within -60 and \\+60 dB, got 90"):
+        build_clip_stream(clips, tmp_path / "x", gain_db=90)
+
+
 def test_video_clips_give_frames_on_the_same_clock(tmp_path):
     av = pytest.importorskip("av")
     clips = [Clip(TALKING, "cremad_1001", "neutral", 0.0, 2.08), Clip(TALKING, "grid_s1", "neutral", 3.08, 6.04),

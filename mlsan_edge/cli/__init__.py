@@ -47,7 +47,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from mlsan_edge.runtime.clip_eval import evaluate_clips, summary
 
         res = evaluate_clips(a.data, a.bundle, backend=a.backend, precision=a.precision, face=a.face, gap_s=a.gap,
-                             root=a.root, seed=a.seed, shuffle=a.shuffle, json_out=a.json)
+                             root=a.root, seed=a.seed, shuffle=a.shuffle, json_out=a.json, gain_db=a.gain_db)
         print(json.dumps(summary(res), indent=2))
         if a.json:
             print(f"wrote {a.json}" + (f" and {res['confusion_png']}" if "confusion_png" in res else ""), file=sys.stderr)
@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clips: 'auto' runs video clips' frames through the face path; 'none': audio only")
     e.add_argument("--gap", type=float, default=1.0, help="clips: seconds of silence between clips")
     e.add_argument("--shuffle", action="store_true", help="clips: run them in a --seed shuffled order")
+    e.add_argument("--gain-db", type=float, default=0.0,
+                   help="clips: play every clip this many dB louder (or quieter, < 0), as another microphone would")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("crossval", help="leave-actors-out cross-validation and ablations (RAVDESS + MELD dev)",

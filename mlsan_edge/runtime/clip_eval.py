@@ -173,7 +173,7 @@ def run_stream(runtime, stream: ClipStream, video: bool, progress: bool = False,
 def evaluate_clips(data: str | Path | list[Clip], bundle: str = "default", backend: str = "auto",
                    precision: str = "auto", face: str = "auto", gap_s: float = 1.0, root: str | Path | None = None,
                    seed: int = 0, shuffle: bool = False, json_out: str | Path | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, gain_db: float = 0.0) -> dict:
     """Run labelled clips through the device path and score them (also written as JSON, with a
     confusion-matrix PNG beside it when matplotlib is installed, when `json_out` is given).
 
@@ -185,6 +185,8 @@ def evaluate_clips(data: str | Path | list[Clip], bundle: str = "default", backe
         gap_s: silence between clips (s); the VAD must see a pause to end an utterance.
         root: the folder the list's paths are relative to (default: the list's folder).
         seed, shuffle: with `shuffle`, the clips run in a seeded random order (else list order).
+        gain_db: every clip's audio louder (> 0) or quieter (< 0) by this much, as another
+            microphone's gain would make it.
     """
     from mlsan_edge.runtime.config import RuntimeConfig
     from mlsan_edge.runtime.load import load_runtime
@@ -211,7 +213,8 @@ def evaluate_clips(data: str | Path | list[Clip], bundle: str = "default", backe
             if video and not landmarks:
                 say("no face landmarks in this install (pip install 'mlsan-edge[face]'): faces are found, but no "
                     "visual features are computed")
-            stream = build_clip_stream(clips, tmp, gap_s, video, progress=_joining if progress else None)
+            stream = build_clip_stream(clips, tmp, gap_s, video, progress=_joining if progress else None,
+                                       gain_db=gain_db)
             say(f"running {stream.seconds:.1f} s of stream through the device path")
             events = run_stream(rt, stream, video, progress)
         stages = rt.stages
@@ -219,7 +222,7 @@ def evaluate_clips(data: str | Path | list[Clip], bundle: str = "default", backe
                "root": str(root) if root is not None else None, "bundle": str(bundle),
                "backend": stages.backends["stage3"].name, "precision": dict(getattr(stages, "precisions", {})),
                "model": getattr(stages, "model", None), "face": face, "video": video,
-               "face_landmarks": landmarks, "gap_s": gap_s,
+               "face_landmarks": landmarks, "gap_s": gap_s, "gain_db": gain_db,
                "shuffle": bool(shuffle), "seed": seed, "stream_seconds": round(stream.seconds, 2)}
     res.update(score(events, stream.segments))
     res["seconds"] = round(time.time() - t_start, 1)

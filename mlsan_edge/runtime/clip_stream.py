@@ -158,9 +158,10 @@ class _VideoWriter:
 
 
 def build_clip_stream(clips: list[Clip], out_dir: str | Path, gap_s: float = 1.0, video: bool = False,
-                      progress: Callable[[int, int], None] | None = None) -> ClipStream:
+                      progress: Callable[[int, int], None] | None = None, gain_db: float = 0.0) -> ClipStream:
     """Join `clips` (in this order) into `out_dir`/stream.wav (+ stream.mp4 when `video` and a clip
-    has frames), a gap of `gap_s` s of silence before each clip and after the last.
+    has frames), a gap of `gap_s` s of silence before each clip and after the last. `gain_db`
+    scales every clip's audio (a louder or quieter microphone; the WAV is float, so nothing clips).
 
     Raises:
         SourceError: a clip cannot be read (the message names its row and file).
@@ -170,6 +171,9 @@ def build_clip_stream(clips: list[Clip], out_dir: str | Path, gap_s: float = 1.0
 
     if not gap_s >= 0:
         raise ValueError(f"the gap must be >= 0 s, got {gap_s}")
+    if not -60 <= gain_db <= 60:
+        raise ValueError(f"the gain must be within -60 and +60 dB, got {gain_db}")
+    scale = np.float32(10 ** (gain_db / 20))
     video = video and any(c.is_video for c in clips)
     check_decoders(clips, video)
     out_dir = Path(out_dir)
@@ -197,7 +201,7 @@ def build_clip_stream(clips: list[Clip], out_dir: str | Path, gap_s: float = 1.0
                 except SourceError as e:
                     msg = str(e) if str(e).startswith(clip.where) else f"{clip.where}: {e}"
                     raise SourceError(msg) from e
-                wav.write(audio)
+                wav.write(audio * scale)
                 n += audio.size
                 segments.append(Segment(clip, start, end))
             wav.write(gap)
