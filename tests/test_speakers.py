@@ -250,11 +250,13 @@ def test_statistics_of_another_feature_version_start_again(tmp_path, voices, cap
     db = tmp_path / "c.db"
     with SpeakerCache(db, dims=DIMS) as c:
         sid = c.identify(voices[0][0]).speaker_id
-        c.update_profile(sid, {"audio": np.ones(8), "visual": np.ones(4)})
+        version = c.update_profile(sid, {"audio": np.ones(8), "visual": np.ones(4)})
+        c.put_params(sid, b"old model", version)
     with caplog.at_level("WARNING", logger="mlsan_edge.runtime.speakers"):
         c = SpeakerCache(db, dims={"audio": 9, "visual": 4})
     with c:
         assert "audio statistics of 8 values, this bundle computes 9" in caplog.text
+        assert c.profile_version(sid) > version and c.get_params(sid) is None  # the old parameters are stale
         prof = c.get_profile(sid)
         assert prof.stats["audio"].dim == 9 and prof.stats["audio"].count == 0
         assert prof.stats["visual"].count == 1 and prof.voice_count == 1  # the rest is kept

@@ -158,13 +158,17 @@ class SpeakerCache(MatchingPolicy):
     def _restart_foreign_stats(self) -> None:
         """Profiles written by another front-end (a feature vector of another width than this
         bundle's `dims`) keep their voice and face, and their feature statistics start again: they
-        describe features this version no longer computes."""
+        describe features this version no longer computes. The reset is written with a new profile
+        version, so parameters cached from the old statistics are never used."""
         stale = {}
         for sid, p in self._profiles.items():
-            for m, d in self.dims.items():
-                if m in p.stats and p.stats[m].dim != d:
-                    stale.setdefault(m, (p.stats[m].dim, d, []))[2].append(sid)
-                    p.dims[m], p.stats[m] = d, ModalityStats(d)
+            reset = [m for m, d in self.dims.items() if m in p.stats and p.stats[m].dim != d]
+            for m in reset:
+                stale.setdefault(m, (p.stats[m].dim, self.dims[m], []))[2].append(sid)
+                p.dims[m], p.stats[m] = self.dims[m], ModalityStats(self.dims[m])
+            if reset:
+                with self._store.transaction():
+                    self._store.write_profile(sid, p, None)
         for m, (old, new, sids) in stale.items():
             log.warning("speaker cache %s: %d speaker(s) hold %s statistics of %d values, this bundle computes %d "
                         "(another feature version); they keep their voices and faces and their %s statistics "
