@@ -179,3 +179,19 @@ def test_eval_reads_the_bundles_encoders_and_vad(other_bundle, monkeypatch):
         evaluate(other_bundle, "ravdess", SAMPLE.parent, progress=False, backend="onnxruntime")
     assert seen and all(inside(p, other_bundle) for p in seen.values()), seen
     assert Path(seen["voice"]).name == "voice_encoder.onnx" and Path(seen["vad"]).name == "silero_vad.onnx"
+
+
+def test_a_persistent_cache_drops_parameters_cached_by_another_bundle(other_bundle, tmp_path):
+    """A speaker's FiLM/gate parameters are cached after each utterance; after a bundle update
+    they would be the old model's, so the cache drops them (`params_owner`) and they are
+    recomputed from the profile, which both models share."""
+    db = tmp_path / "speakers.db"
+    voice = np.abs(np.random.default_rng(0).standard_normal(256)).astype(np.float32)
+    voice /= np.linalg.norm(voice)
+    with L.load_runtime("default", backend="onnxruntime", cache=db) as rt:
+        sid = rt.cache.enroll("Ann", voice[None])
+        rt.cache.put_params(sid, b"computed by the default bundle", rt.cache.profile_version(sid))
+    with L.load_runtime("default", backend="onnxruntime", cache=db) as rt:
+        assert rt.cache.get_params(sid) == b"computed by the default bundle"  # the same model: kept
+    with L.load_runtime(other_bundle, backend="onnxruntime", cache=db) as rt:
+        assert rt.cache.get_params(sid) is None and rt.cache.get_profile(sid).voice_count == 1

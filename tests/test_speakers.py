@@ -265,6 +265,15 @@ def test_statistics_of_another_feature_version_start_again(tmp_path, voices, cap
         assert c.get_profile(sid).stats["audio"].count == 1
 
 
+def test_parameters_of_another_model_are_dropped_once(cache, voices):
+    sid = cache.identify(voices[0][0]).speaker_id
+    assert cache.bind_params("model A") == 0  # nothing cached yet
+    cache.put_params(sid, b"A's", cache.profile_version(sid))
+    assert cache.bind_params("model A") == 0 and cache.get_params(sid) == b"A's"
+    assert cache.bind_params("model B") == 1 and cache.get_params(sid) is None
+    assert cache.get_profile(sid).voice_count == 1  # the profile stays: parameters are recomputed from it
+
+
 def test_concurrent_use_from_threads(tmp_path):
     vs = _synthetic_voices(4, 25, seed=2)
     c = SpeakerCache(tmp_path / "c.db", threshold=0.8, dims=DIMS)

@@ -7,6 +7,8 @@ bundle that ships. The bundle's feature contract is checked before anything is b
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -60,9 +62,20 @@ def load_runtime(bundle: str = "default", backend: str = "auto", cache=None,
         cache = SpeakerCache(":memory:" if cache is None else cache, threshold=config.speaker_threshold, dims=dims,
                              voice_dim=VOICE_DIM, scorer=scorer, retention_days=config.speaker_retention_days,
                              key_file=config.cache_key_file)
+    bind = getattr(cache, "bind_params", None)
+    if bind is not None:
+        bind(params_owner(stages))
     return Runtime(stages, cache, config, voice=VoiceEncoder(voice_onnx, num_threads=1),
                    text_encoder=lambda: TextEncoder(text_onnx, tokenizer, num_threads=1),  # built on first text
                    vad_model=vad_onnx)
+
+
+def params_owner(stages) -> str:
+    """Who computes a speaker's cached parameters: the bundle's content (every file's sha256) and
+    the speaker graph's backend and precision. The speaker cache drops parameters of another owner."""
+    files = stages.bundle.manifest.files
+    digest = hashlib.sha256(json.dumps({k: v.get("sha256") for k, v in files.items()}, sort_keys=True).encode())
+    return f"{digest.hexdigest()[:16]}/{stages.backends['speaker'].name}/{stages.precisions['speaker']}"
 
 
 def has_voice_scorer(bundle) -> bool:

@@ -335,6 +335,19 @@ class SpeakerStore:
             if cur.rowcount == 0:
                 raise KeyError(self.unknown(sid))
 
+    def bind_params(self, owner: str) -> int:
+        """Cached parameters are a model's output: when `owner` (the model that will read them)
+        differs from the one recorded, every cached parameter is dropped and `owner` recorded.
+        Returns how many were dropped."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'params_owner'").fetchone()
+        if row is not None and row[0] == owner:
+            return 0
+        with self.transaction() as conn:
+            n = conn.execute("UPDATE speakers SET params = NULL, params_version = NULL "
+                             "WHERE params IS NOT NULL").rowcount
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('params_owner', ?)", (owner,))
+        return int(n)
+
     def _seal_params(self, params: bytes) -> bytes:
         return params if self._sealer is None else self._sealer.seal(params, "params")
 

@@ -174,6 +174,18 @@ class SpeakerCache(MatchingPolicy):
                         "(another feature version); they keep their voices and faces and their %s statistics "
                         "start again", self.path, len(sids), m, old, new, m)
 
+    def bind_params(self, owner: str) -> int:
+        """Declare the model that computes and reads the cached FiLM/gate parameters (`owner`, e.g.
+        `load.params_owner(stages)`): parameters cached by another model (an earlier bundle) are
+        dropped, so each speaker's are recomputed from their profile on their next utterance.
+        Returns how many were dropped."""
+        with self._lock:
+            n = self._store.bind_params(owner)
+        if n:
+            log.info("speaker cache %s: %d speakers' cached parameters came from another model; they are "
+                     "recomputed on each speaker's next utterance", self.path, n)
+        return n
+
     @property
     def encrypted(self) -> bool:
         """Whether profiles and parameters are sealed at rest."""
