@@ -246,6 +246,10 @@ def utterance_features(wav: np.ndarray) -> np.ndarray:
     return out
 
 
+# Parseval: a one-sided |STFT|^2 of a full-scale unit-power signal sums to (N_FFT / 2) * sum(window^2)
+_POWER_PER_UNIT = (N_FFT / 2) * float(np.sum(hann_window(WIN_LENGTH, N_FFT) ** 2))
+
+
 def _active_frames(power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame level in dB (frames,) and the active frames: within ACTIVE_DB of the loudest
     (all of them when fewer than 3 are)."""
@@ -260,9 +264,7 @@ def speech_level_db(power: np.ndarray) -> float:
     """The speech level of an utterance from its power spectrogram (`_power`): the mean square of
     its active frames in dB re full scale (a full-scale sine: -3 dB; silence: -100 dB or below)."""
     frame_db, active = _active_frames(power)
-    # Parseval: a one-sided |STFT|^2 sums to (N_FFT / 2) * sum((x * window)^2)
-    per_unit = (N_FFT / 2) * float(np.sum(hann_window(WIN_LENGTH, N_FFT) ** 2))
-    return float(10 * np.log10(np.mean(10 ** (frame_db[active] / 10)) / per_unit + 1e-12))
+    return float(10 * np.log10(np.mean(10 ** (frame_db[active] / 10)) / _POWER_PER_UNIT + 1e-12))
 
 
 def _skew_kurtosis(x: np.ndarray) -> tuple[float, float]:
