@@ -99,6 +99,18 @@ def test_cli_writes_the_json_and_png(tmp_path, capsys):
         assert Path(r["confusion_png"]).stat().st_size > 0
 
 
+def test_speaker_threshold_reaches_the_speaker_cache(tmp_path):
+    """-1e9 files every voice under one speaker (a one-person list with who-is-speaking known);
+    +1e9 makes every utterance somebody new."""
+    ids = {}
+    for t in (-1e9, 1e9):
+        r = evaluate_clips(_ravdess_list(tmp_path), root=ACTOR, face="none", gap_s=0.8, progress=False,
+                           speaker_threshold=t)
+        assert r["speaker_threshold"] == t and r["clips_with_event"] == 3
+        ids[t] = [c["speaker_id"] for c in r["per_clip"]]
+    assert len(set(ids[-1e9])) == 1 and len(set(ids[1e9])) == 3
+
+
 def test_cli_names_a_wrong_label(tmp_path, capsys):
     rc = main(["eval", "--dataset", "clips", "--data", str(_ravdess_list(tmp_path, "grumpy")), "--root", str(ACTOR)])
     err = capsys.readouterr().err

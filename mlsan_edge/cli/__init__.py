@@ -47,7 +47,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from mlsan_edge.runtime.clip_eval import evaluate_clips, summary
 
         res = evaluate_clips(a.data, a.bundle, backend=a.backend, precision=a.precision, face=a.face, gap_s=a.gap,
-                             root=a.root, seed=a.seed, shuffle=a.shuffle, json_out=a.json, gain_db=a.gain_db)
+                             root=a.root, seed=a.seed, shuffle=a.shuffle, json_out=a.json, gain_db=a.gain_db,
+                             speaker_threshold=a.speaker_threshold)
         print(json.dumps(summary(res), indent=2))
         if a.json:
             print(f"wrote {a.json}" + (f" and {res['confusion_png']}" if "confusion_png" in res else ""), file=sys.stderr)
@@ -256,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--shuffle", action="store_true", help="clips: run them in a --seed shuffled order")
     e.add_argument("--gain-db", type=float, default=0.0,
                    help="clips: play every clip this many dB louder (or quieter, < 0), as another microphone would")
+    e.add_argument("--speaker-threshold", type=float, default=None,
+                   help="clips: the speaker cache's match threshold (default: the bundle's tuned one); --speaker-threshold=-1e9 files "
+                        "every voice under one speaker, the emotion figures of a one-person list with the speaker known")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("crossval", help="leave-actors-out cross-validation and ablations (RAVDESS + MELD dev)",

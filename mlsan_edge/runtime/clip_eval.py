@@ -173,7 +173,7 @@ def run_stream(runtime, stream: ClipStream, video: bool, progress: bool = False,
 def evaluate_clips(data: str | Path | list[Clip], bundle: str = "default", backend: str = "auto",
                    precision: str = "auto", face: str = "auto", gap_s: float = 1.0, root: str | Path | None = None,
                    seed: int = 0, shuffle: bool = False, json_out: str | Path | None = None,
-                   progress: bool = True, gain_db: float = 0.0) -> dict:
+                   progress: bool = True, gain_db: float = 0.0, speaker_threshold: float | None = None) -> dict:
     """Run labelled clips through the device path and score them (also written as JSON, with a
     confusion-matrix PNG beside it when matplotlib is installed, when `json_out` is given).
 
@@ -187,6 +187,10 @@ def evaluate_clips(data: str | Path | list[Clip], bundle: str = "default", backe
         seed, shuffle: with `shuffle`, the clips run in a seeded random order (else list order).
         gain_db: every clip's audio louder (> 0) or quieter (< 0) by this much, as another
             microphone's gain would make it.
+        speaker_threshold: the speaker cache's match threshold (`RuntimeConfig.speaker_threshold`;
+            None: the bundle's tuned one). A very low one (e.g. -1e9) files every voice under the
+            first speaker: on a list of one person, the emotion figures with who-is-speaking
+            known, apart from the voice matching's errors.
     """
     from mlsan_edge.runtime.config import RuntimeConfig
     from mlsan_edge.runtime.load import load_runtime
@@ -202,8 +206,8 @@ def evaluate_clips(data: str | Path | list[Clip], bundle: str = "default", backe
     if shuffle:
         clips = [clips[i] for i in np.random.default_rng(seed).permutation(len(clips))]
     t_start = time.time()
-    with load_runtime(bundle, backend=backend, precision=precision,
-                      config=RuntimeConfig(face="none") if face == "none" else RuntimeConfig()) as rt:
+    config = RuntimeConfig(speaker_threshold=speaker_threshold, **({"face": "none"} if face == "none" else {}))
+    with load_runtime(bundle, backend=backend, precision=precision, config=config) as rt:
         faces = rt.face_analyzer() if face != "none" else None
         video = faces is not None and any(c.is_video for c in clips)
         landmarks = bool(video and faces.has_landmarks)
@@ -222,7 +226,7 @@ def evaluate_clips(data: str | Path | list[Clip], bundle: str = "default", backe
                "root": str(root) if root is not None else None, "bundle": str(bundle),
                "backend": stages.backends["stage3"].name, "precision": dict(getattr(stages, "precisions", {})),
                "model": getattr(stages, "model", None), "face": face, "video": video,
-               "face_landmarks": landmarks, "gap_s": gap_s, "gain_db": gain_db,
+               "face_landmarks": landmarks, "gap_s": gap_s, "gain_db": gain_db, "speaker_threshold": speaker_threshold,
                "shuffle": bool(shuffle), "seed": seed, "stream_seconds": round(stream.seconds, 2)}
     res.update(score(events, stream.segments))
     res["seconds"] = round(time.time() - t_start, 1)
