@@ -103,3 +103,27 @@ def test_nearest_can_leave_speakers_out_and_scores_against_keyed_sets_follow_the
         idx.rebuild(profiles(s1=[unit(1, 0)], s2=[unit(0, 1)], s3=[unit(0, 0, 1)]))  # a new centre
         np.testing.assert_allclose(idx.scores_against(unit(1, 0.2), a, key="a"),
                                    idx.scores_against(unit(1, 0.2), a), rtol=1e-6)
+
+
+def test_small_speakers_voices_are_prepared_together_as_one_by_one():
+    """merge_candidate prepares every stale splinter's voices in one batch (a new speaker moves the
+    centre): the same projections and cohort statistics as preparing each alone, re-prepared when
+    a speaker gains a voice or the centre moves, and nothing else."""
+    from mlsan_edge.features.voice_scorer import VoiceScorer
+
+    rng = np.random.default_rng(2)
+    scorer = VoiceScorer.fit(rng.normal(size=(40, D)), np.repeat(np.arange(4), 10))
+    voices = {s: [unit(*rng.normal(size=4)) for _ in range(s)] for s in (1, 2, 3)}
+    idx = VoiceIndex(scorer, D)
+    idx.rebuild(profiles(**{f"s{s}": vs for s, vs in voices.items()}))
+    for s, vs in voices.items():
+        for n, v in enumerate(vs, 1):
+            idx.remember(s, v, n)
+    got = idx._prepared_voices({1, 2, 3})
+    for s, vs in voices.items():
+        for a, b in zip(got[s], idx.prepare(np.stack(vs))):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    before = dict(idx._ex_prep)
+    idx.remember(2, unit(0, 0, 1), 3)  # speaker 2 gains a voice: only its preparation is redone
+    again = idx._prepared_voices({1, 2, 3})
+    assert again[2][0].shape[0] == 3 and idx._ex_prep[1] is before[1] and idx._ex_prep[3] is before[3]

@@ -150,15 +150,18 @@ class VoiceIndex:
         row = {int(s): i for i, s in enumerate(self.ids)}
         if sid not in row or len(row) < 2:
             return None
-        best = None
+        pairs = []
         for other in row:
             if other == sid or (other in named and sid in named) or (other in faced and sid in faced):
                 continue
             small, big = sorted((sid, other), key=lambda s: (counts[s], -s))
             ex = self._exemplars.get(small)
-            if not ex or len(ex) < counts[small]:
-                continue  # only a speaker whose every voice is at hand can be judged
-            p, mu, sd = self._prepared_voices(small, ex)
+            if ex and len(ex) >= counts[small]:  # only a speaker whose every voice is at hand can be judged
+                pairs.append((small, big))
+        prepared = self._prepared_voices({small for small, _ in pairs})
+        best = None
+        for small, big in pairs:
+            p, mu, sd = prepared[small]
             b = row[big]
             worst = float(np.min(self._combine(p @ self._proj[b], mu, sd, self._mu[b], self._sd[b])))
             if worst >= threshold and (best is None or worst > best[0]):
@@ -169,13 +172,18 @@ class VoiceIndex:
         keep, absorb = (small, big) if small in named else (big, small)
         return keep, absorb, worst
 
-    def _prepared_voices(self, sid: int, voices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`prepare` of a small speaker's remembered voices, kept until they or the centre change."""
-        hit = self._ex_prep.get(sid)
-        if hit is None or hit[0] != len(voices) or hit[1] is not self._mean:
-            hit = (len(voices), self._mean, self.prepare(np.stack(voices)))
-            self._ex_prep[sid] = hit
-        return hit[2]
+    def _prepared_voices(self, sids) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Speaker id -> `prepare` of their remembered voices, kept until they or the centre change.
+        The stale ones are prepared in one batch: a new speaker moves the centre, and re-preparing
+        every splinter one call at a time was most of the cache's time with dozens of them."""
+        stale = [sid for sid in sids if (hit := self._ex_prep.get(sid)) is None
+                 or hit[0] != len(self._exemplars[sid]) or hit[1] is not self._mean]
+        if stale:
+            sizes = [len(self._exemplars[sid]) for sid in stale]
+            p, mu, sd = self.prepare(np.stack([v for sid in stale for v in self._exemplars[sid]]))
+            for sid, lo, hi in zip(stale, np.cumsum([0, *sizes[:-1]]), np.cumsum(sizes)):
+                self._ex_prep[sid] = (int(hi - lo), self._mean, (p[lo:hi], mu[lo:hi], sd[lo:hi]))
+        return {sid: self._ex_prep[sid][2] for sid in sids}
 
     def merged(self, keep: int, absorb: int, voice_count: int) -> None:
         """`absorb` is being merged into `keep`, which will have `voice_count` voices: its
