@@ -258,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gain-db", type=float, default=0.0,
                    help="clips: play every clip this many dB louder (or quieter, < 0), as another microphone would")
     e.add_argument("--speaker-threshold", type=float, default=None,
-                   help="clips: the speaker cache's match threshold (default: the bundle's tuned one); --speaker-threshold=-1e9 files "
-                        "every voice under one speaker, the emotion figures of a one-person list with the speaker known")
+                   help="clips: the speaker cache's match threshold (default: the bundle's tuned one); "
+                        "--speaker-threshold=-1e9 files every voice under one speaker, the emotion figures of a "
+                        "one-person list with the speaker known")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("crossval", help="leave-actors-out cross-validation and ablations (RAVDESS + MELD dev)",
