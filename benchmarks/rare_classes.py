@@ -1,8 +1,9 @@
 """What the MELD class weighting buys for the rare classes (fear, disgust).
 
-    python benchmarks/rare_classes.py [--data ../shared/data]
+    python benchmarks/rare_classes.py [--data ../shared/data]   # ~5 min here
 
-Trains one teacher network (no ensemble, all RAVDESS actors + MELD train) per class-weight power
+Trains one teacher network (no ensemble) on the shipped recipe's data (`training_job.load_training_tables`:
+every RAVDESS actor and its augmented copy, EmoSpeech's training users, MELD train) per class-weight power
 p (weights ∝ frequency^-p on MELD rows: 0 = plain cross-entropy, 1 = fully balanced) and reports
 MELD dev weighted/macro F1 and per-class F1. Writes benchmarks/results/rare_classes.json.
 """
