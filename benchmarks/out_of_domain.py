@@ -7,6 +7,9 @@ time overlap (the event overlapping a clip most is its answer; no event counts a
 
 * GRID-13: the shipped list `talking_grid13` (the 13 shared GRID sentences, neutral read speech,
   six speakers), audio only and audio + video;
+* GRID words: `talking_grid_words` (every word of the 8 GRID sentences with a word alignment, s1
+  and s2, each said "alone": its span widened by 0.1 s; 0.2-0.8 s, neutral), audio only and audio +
+  video: the short commands and digits a voice interface hears, too short for the speaker cache;
 * CREMA-D 1001: `talking_cremad1001` (the six utterances of cremad_1001_6emotions_13s.mp4: one actor,
   six emotions), audio only and audio + video;
 * EmoSpeech: `--emospeech N` clips (default 150) of the evaluation users
@@ -41,6 +44,7 @@ KEEP = ("clips", "events", "clips_with_event", "accuracy", "macro_f1", "neutral_
         "neutral_by_utterance", "truth_neutral_rate",
         "confidence_right", "confidence_wrong", "ece", "ood_rate", "face_used", "predicted", "per_speaker", "seconds")
 GRID = "GRID-13 (neutral read speech, 6 speakers)"
+WORDS = "GRID words (48 single neutral words, 2 speakers)"
 CREMA = "CREMA-D 1001 (6 emotions)"
 EMOSPEECH = "EmoSpeech eval speakers (users outside a studio, 4 emotions)"
 
@@ -59,6 +63,7 @@ def corpora(shared: Path, n_emospeech: int, seed: int) -> dict[str, tuple[list, 
 
     talking = shared / "talking"
     return {GRID: (read_clip_list("talking_grid13", talking), ("audio", "audio+video")),
+            WORDS: (read_clip_list("talking_grid_words", talking), ("audio", "audio+video")),
             CREMA: (read_clip_list("talking_cremad1001", talking), ("audio", "audio+video")),
             EMOSPEECH: (emospeech_clips(shared / "emospeech", n_emospeech, seed), ("audio",))}
 

@@ -6,8 +6,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from mlsan_edge.data.clip_lists import (cremad_rows, emospeech_rows, grid_rows, main, utterance_spans,
-                                        write_clip_list)
+from mlsan_edge.data.clip_lists import (WORD_PAD_S, cremad_rows, emospeech_rows, grid_rows, grid_word_rows, main,
+                                        utterance_spans, write_clip_list)
 from mlsan_edge.data.emospeech import emospeech_eval_speaker
 from mlsan_edge.runtime.clip_list import read_clip_list
 
@@ -93,6 +93,25 @@ def test_talking_lists_from_the_files(tmp_path):
         grid_rows(tmp_path / "nowhere")
 
 
+def test_grid_words_from_the_alignments(tmp_path):
+    """One neutral row per aligned word (not sil/sp), in seconds (1/25000 s units), widened by
+    WORD_PAD_S within the clip; alignments without a clip are skipped."""
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "align").mkdir()
+    (tmp_path / "grid" / "s1_bbaf2n.mpg").write_bytes(b"x")
+    (tmp_path / "align" / "s1_bbaf2n.align").write_text("0 23750 sil\n23750 29500 bin\n29500 31000 sp\n"
+                                                        "31000 34000 blue\n34000 74500 now\n")
+    (tmp_path / "align" / "s9_xxxx.align").write_text("0 25000 sil\n25000 50000 red\n")  # no s9 clip
+    assert WORD_PAD_S == 0.1
+    assert grid_word_rows(tmp_path) == [("grid/s1_bbaf2n.mpg", "s1", "neutral", 0.85, 1.28),
+                                        ("grid/s1_bbaf2n.mpg", "s1", "neutral", 1.14, 1.46),
+                                        ("grid/s1_bbaf2n.mpg", "s1", "neutral", 1.26, 2.98)]
+    out = write_clip_list(grid_word_rows(tmp_path), tmp_path / "w.csv")
+    assert [(c.start, c.end) for c in read_clip_list(out, tmp_path)] == [(0.85, 1.28), (1.14, 1.46), (1.26, 2.98)]
+    with pytest.raises(FileNotFoundError, match="no GRID word alignments"):
+        grid_word_rows(tmp_path / "grid")
+
+
 @pytest.mark.requires_data
 def test_shipped_lists_match_the_shared_data(shared_data):
     """The lists in mlsan_edge/assets/clips are what this module writes from ../shared/data today."""
@@ -102,6 +121,7 @@ def test_shipped_lists_match_the_shared_data(shared_data):
     key = lambda c: (c.path.relative_to(talking).as_posix(), c.speaker, c.emotion)  # noqa: E731
     assert [key(c) for c in read_clip_list("talking_grid13", talking)] == grid_rows(talking)
     assert [(*key(c), c.start, c.end) for c in read_clip_list("talking_cremad1001", talking)] == cremad_rows(talking)
+    assert [(*key(c), c.start, c.end) for c in read_clip_list("talking_grid_words", talking)] == grid_word_rows(talking)
     emo = shared_data / "emospeech"
     assert [(c.path.relative_to(emo).as_posix(), c.speaker, c.emotion)
             for c in read_clip_list("emospeech_eval", emo)] == emospeech_rows(emo)

@@ -61,6 +61,38 @@ def grid_rows(talking: str | Path) -> list[tuple[str, str, str]]:
     return [(f"grid/{p.name}", p.name.split("_")[0], "neutral") for p in files]
 
 
+WORD_PAD_S = 0.1  # each word's span is widened by this much either side (within its clip)
+GRID_WORDS_NOTE = ("GRID corpus (Cooke, Barker, Cunningham, Shao 2006), zenodo.org/records/3625687; licence CC BY 4.0. "
+                   "Every word of the GRID sentences that have a word alignment (talking/align), one row per word: "
+                   f"short neutral words (command, colour, preposition, letter, digit, adverb), each widened by {WORD_PAD_S:g} s either side.")
+ALIGN_UNITS_PER_S = 25000  # GRID's .align files count time in 1/25000 s (1000 per video frame at 25 fps)
+
+
+def grid_word_rows(talking: str | Path) -> list[tuple[str, str, str, float, float]]:
+    """Every word of the GRID sentences under talking/grid with an alignment under talking/align
+    (s1_bbaf2n.align: "start end word" lines; "sil" and "sp" are not words), neutral, each as the
+    word's span of the sentence's clip: the short utterances (0.1-0.6 s) a command-and-control user
+    says, which the speaker cache cannot tell apart (under a second of voice). Each span is
+    widened by WORD_PAD_S either side, as a word said alone has its onset and release: cut at the
+    alignment's edges, most words are too short for the VAD to start an utterance."""
+    aligns = sorted(Path(talking, "align").glob("*.align"))
+    rows = []
+    for a in aligns:
+        clip = Path(talking, "grid", a.stem + ".mpg")
+        if not clip.is_file():
+            continue
+        lines = [ln.split() for ln in a.read_text().splitlines() if len(ln.split()) == 3]
+        last = max(int(p[1]) for p in lines) / ALIGN_UNITS_PER_S
+        for parts in lines:
+            if parts[2] not in ("sil", "sp"):
+                start, end = (int(t) / ALIGN_UNITS_PER_S for t in parts[:2])
+                start, end = round(max(0.0, start - WORD_PAD_S), 3), round(min(last, end + WORD_PAD_S), 3)
+                rows.append((f"grid/{clip.name}", a.stem.split("_")[0], "neutral", start, end))
+    if not rows:
+        raise FileNotFoundError(f"no GRID word alignments (*.align) with a clip under {Path(talking, 'align')}")
+    return rows
+
+
 def cremad_rows(talking: str | Path) -> list[tuple[str, str, str, float, float]]:
     """The six utterances of talking/cremad_1001_6emotions_13s.mp4 (the file issue #9's acceptance
     names), each as a span of the file, cut midway between utterances."""
@@ -127,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("corpus", choices=["talking", "emospeech"])
     ap.add_argument("--root", required=True, help="../shared/data/talking or ../shared/data/emospeech")
-    ap.add_argument("--out", required=True, help="talking: a folder (two lists); emospeech: the list's path")
+    ap.add_argument("--out", required=True, help="talking: a folder (three lists); emospeech: the list's path")
     ap.add_argument("--clips", type=int, default=None, help="emospeech: this many clips (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--speakers", default=None, help="emospeech: these speakers (comma-separated) instead of "
@@ -137,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.corpus == "talking":
         out = Path(a.out)
         for name, rows, note in (("talking_grid13.csv", grid_rows(a.root), GRID_NOTE),
-                                 ("talking_cremad1001.csv", cremad_rows(a.root), CREMA_NOTE)):
+                                 ("talking_cremad1001.csv", cremad_rows(a.root), CREMA_NOTE),
+                                 ("talking_grid_words.csv", grid_word_rows(a.root), GRID_WORDS_NOTE)):
             print(write_clip_list(rows, out / name, [note, "paths relative to ../shared/data/talking: "
                                                      + run.format(name, "talking")]))
         return
