@@ -139,7 +139,7 @@ def test_shipped_grid_list_runs_audio_only(shared_data):
 
 @pytest.mark.requires_data
 def test_out_of_domain_benchmark_measures_the_shipped_lists(shared_data):
-    """benchmarks/out_of_domain.py runs this module on GRID-13, CREMA-D 1001 and 150 EmoSpeech eval clips."""
+    """benchmarks/out_of_domain.py runs this module on GRID-13, GRID words, CREMA-D 1001 and 150 EmoSpeech eval clips."""
     from conftest import load_script
 
     if not (shared_data / "talking" / "grid").is_dir() or not (shared_data / "emospeech" / "labels.csv").exists():
@@ -147,8 +147,9 @@ def test_out_of_domain_benchmark_measures_the_shipped_lists(shared_data):
     from mlsan_edge.data.emospeech import emospeech_eval_speaker
 
     c = load_script("out_of_domain").corpora(shared_data, 150, 0)
-    sizes = {name.split(" ")[0]: (len(clips), conds) for name, (clips, conds) in c.items()}
-    assert sizes == {"GRID-13": (13, ("audio", "audio+video")), "CREMA-D": (6, ("audio", "audio+video")),
-                     "EmoSpeech": (150, ("audio",))}
+    sizes = {" ".join(name.split(" ")[:2]): (len(clips), conds) for name, (clips, conds) in c.items()}
+    assert sizes == {"GRID-13 (neutral": (13, ("audio", "audio+video")), "GRID words": (48, ("audio", "audio+video")),
+                     "CREMA-D 1001": (6, ("audio", "audio+video")),
+                     "EmoSpeech eval": (150, ("audio",))}
     emo = next(clips for name, (clips, _) in c.items() if name.startswith("EmoSpeech"))
     assert len({x.speaker for x in emo}) == 24 and all(emospeech_eval_speaker(x.speaker) for x in emo)

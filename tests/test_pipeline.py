@@ -84,6 +84,31 @@ def test_pipeline_process_one_job_and_conversation_history():
         rt.step()
 
 
+def test_a_short_utterance_does_not_update_the_profile_even_when_a_face_names_the_speaker():
+    """Stage 1's statistics are of sentences: under the cache's min_voice_s (a word) the face still
+    says who it is, but the profile (and its cached parameters) stay as they were."""
+    from mlsan_edge.runtime.face_tracking import FaceObs, FrameFaces
+
+    face = np.random.default_rng(0).standard_normal(128).astype(np.float32) * 0.05
+
+    def frames(start, end):
+        ts = np.arange(start, end, 0.04)
+        return lambda: ([FrameFaces(float(t), [FaceObs(1, (0, 0, 100, 100), None, 0.0, face, float(start))])
+                         for t in ts], 0.0)
+
+    with runtime() as rt:
+        p, conv, s = rt.pipeline, rt.pipeline.conversation(), speech()
+        word = s[:int(0.6 * 16000)]
+        assert len(word) / 16000 < rt.cache.min_voice_s <= len(s) / 16000
+        ev = p.process(conv, Job(s, 0.0, len(s) / 16000, t_end=0.0), face_frames=frames(0.0, len(s) / 16000))
+        sid, counted = ev.speaker_id, rt.cache.get_profile(ev.speaker_id).stats["audio"].count
+        assert sid is not None and ev.identified_by == "face" and counted == 1
+        ev = p.process(conv, Job(word, 3.0, 3.6, t_end=0.0), face_frames=frames(3.0, 3.6))
+        assert ev.speaker_id == sid and rt.cache.get_profile(sid).stats["audio"].count == 1
+        ev = p.process(conv, Job(s, 5.0, 5.0 + len(s) / 16000, t_end=0.0), face_frames=frames(5.0, 5.0 + len(s) / 16000))
+        assert ev.speaker_id == sid and rt.cache.get_profile(sid).stats["audio"].count == 2
+
+
 def test_event_confidence_is_the_calibrated_top_probability_and_ood_is_reported():
     from mlsan_edge.confidence import Confidence, temper
 
