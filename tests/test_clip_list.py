@@ -27,7 +27,8 @@ def test_reads_rows_aliases_spans_and_comments(tmp_path):
 def test_every_alias_is_a_class_and_classes_pass_through():
     assert set(EMOTION_ALIASES.values()) <= set(EMOTIONS)
     for alias, cls in {"happy": "joy", "sad": "sadness", "angry": "anger", "fearful": "fear", "calm": "neutral",
-                       "disgusted": "disgust", "surprised": "surprise"}.items():
+                       "disgusted": "disgust", "surprised": "surprise", "ps": "surprise",
+                       "Pleasant Surprise": "surprise", "neu": "neutral"}.items():
         assert emotion_name(alias) == cls and emotion_name(alias.upper()) == cls
     assert [emotion_name(c) for c in EMOTIONS] == list(EMOTIONS)
 

@@ -28,6 +28,9 @@ EMOTION_ALIASES: dict[str, str] = {
     "afraid": "fear", "scared": "fear", "calm": "neutral", "disgusted": "disgust", "surprised": "surprise",
     # CREMA-D's codes (1001_DFA_ANG_XX.flv); its SAD is "sad" above
     "neu": "neutral", "hap": "joy", "ang": "anger", "fea": "fear", "dis": "disgust",
+    # TESS's "pleasant surprise" (its files say "ps"); a label with no class here (boredom,
+    # contempt...) is an error: leave such rows out of the list
+    "ps": "surprise", "pleasant_surprise": "surprise", "pleasant surprise": "surprise", "pleasant_surprised": "surprise",
 }
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "clips"  # lists that travel with the package
 VIDEO_SUFFIXES = {".mp4", ".mpg", ".mpeg", ".flv", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".3gp"}
