@@ -61,9 +61,6 @@ class TrainConfig:
     # (`stream_order(neutral_first=True)`): a neutral-only profile must not make neutral speech
     # look emotional (issue #9: GRID's later sentences of one speaker turned to anger without it)
     neutral_first: bool = True
-    # share of acted utterances shown with the empty profile (as the device's stranger: a first
-    # utterance, or a voice too short for the speaker cache), whatever came before in the stream
-    profile_dropout: float = 0.0
     seed: int = 0
     # Intra-op threads. These networks are small: one thread is nearly as fast as two, and two
     # processes with two threads each on two cores run ~10x slower from oversubscription.
@@ -115,19 +112,6 @@ def _modality_dropout(batch, is_rav: np.ndarray, cfg: TrainConfig, rng: np.rando
         batch[f"mask_{m}"] = batch[f"mask_{m}"] & ~drop
 
 
-def stranger_profiles(prof: dict[str, np.ndarray], t: UtteranceTable, rows: np.ndarray, stats: GlobalStats) -> None:
-    """Give `rows` the profile inputs of a speaker heard for the first time (in place): what the
-    device's `Pipeline.unknown_params` gives a voice the speaker cache cannot tell."""
-    from mlsan_edge.profile import SpeakerProfile, profile_row, speaker_voice
-
-    empty = SpeakerProfile(dims={m: getattr(t, m).shape[1] for m in MODALITIES}, voice_dim=t.voice.shape[1])
-    for k, v in profile_row(empty, stats).items():
-        prof[k][rows] = v
-    for i in rows:
-        v = speaker_voice(empty, t.voice[i] if t.mask_voice[i] else None)
-        prof["voice"][i], prof["mask_voice"][i] = (0.0, False) if v is None else (v, True)
-
-
 def epoch_batches(train: UtteranceTable, stats: GlobalStats, cfg: TrainConfig, epoch: int, rng) -> list[dict]:
     is_rav = acted_rows(train.speaker)
     is_rav_group = set(np.unique(train.group[is_rav]).tolist())  # one pass, not one scan per group
@@ -138,8 +122,6 @@ def epoch_batches(train: UtteranceTable, stats: GlobalStats, cfg: TrainConfig, e
         order = stream_order(train, shuffle_groups=is_rav_group, seed=cfg.seed * 1000 + epoch * 10 + r,
                              neutral_first=anchored)
         prof = profile_inputs(train, order, stats)
-        if cfg.profile_dropout > 0:
-            stranger_profiles(prof, train, np.flatnonzero(is_rav & (rng.random(len(train)) < cfg.profile_dropout)), stats)
         rav_rows = np.isin(train.group[order], list(is_rav_group))
         if r == 0 and (~rav_rows).any():
             packs.append(pack(train, order[~rav_rows], prof))
