@@ -64,14 +64,15 @@ def grid_rows(talking: str | Path) -> list[tuple[str, str, str]]:
 WORD_PAD_S = 0.1  # each word's span is widened by this much either side (within its clip)
 GRID_WORDS_NOTE = ("GRID corpus (Cooke, Barker, Cunningham, Shao 2006), zenodo.org/records/3625687; licence CC BY 4.0. "
                    "Every word of the GRID sentences that have a word alignment (talking/align), one row per word: "
-                   f"short neutral words (command, colour, preposition, letter, digit, adverb), each widened by {WORD_PAD_S:g} s either side.")
+                   "short neutral words (command, colour, preposition, letter, digit, adverb), "
+                   f"each widened by {WORD_PAD_S:g} s either side.")
 ALIGN_UNITS_PER_S = 25000  # GRID's .align files count time in 1/25000 s (1000 per video frame at 25 fps)
 
 
 def grid_word_rows(talking: str | Path) -> list[tuple[str, str, str, float, float]]:
     """Every word of the GRID sentences under talking/grid with an alignment under talking/align
     (s1_bbaf2n.align: "start end word" lines; "sil" and "sp" are not words), neutral, each as the
-    word's span of the sentence's clip: the short utterances (0.1-0.6 s) a command-and-control user
+    word's span of the sentence's clip: the short utterances (0.06-0.6 s) a command-and-control user
     says, which the speaker cache cannot tell apart (under a second of voice). Each span is
     widened by WORD_PAD_S either side, as a word said alone has its onset and release: cut at the
     alignment's edges, most words are too short for the VAD to start an utterance."""
