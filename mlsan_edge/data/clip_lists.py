@@ -82,7 +82,7 @@ def grid_word_rows(talking: str | Path) -> list[tuple[str, str, str, float, floa
         clip = Path(talking, "grid", a.stem + ".mpg")
         if not clip.is_file():
             continue
-        lines = [ln.split() for ln in a.read_text().splitlines() if len(ln.split()) == 3]
+        lines = [parts for ln in a.read_text().splitlines() if len(parts := ln.split()) == 3]
         last = max(int(p[1]) for p in lines) / ALIGN_UNITS_PER_S
         for parts in lines:
             if parts[2] not in ("sil", "sp"):

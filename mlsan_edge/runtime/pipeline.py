@@ -190,7 +190,8 @@ class Pipeline:
         face_key = track_descriptor(frames, att.track) if att is not None else None
 
         t = clock()
-        match = self.cache.identify(emb, face=face_key, voice_s=len(job.audio) / SAMPLE_RATE)
+        voice_s = len(job.audio) / SAMPLE_RATE
+        match = self.cache.identify(emb, face=face_key, voice_s=voice_s)
         sid = match.speaker_id
         if match.note:
             degraded.append(match.note)
@@ -254,7 +255,7 @@ class Pipeline:
         # speaker (as with the voice alone, where such a voice names nobody): a profile made of
         # single words pulled GRID's words off neutral (README "Out of domain": 81.2 -> 89.6 %)
         t = clock()
-        if sid is not None and len(job.audio) / SAMPLE_RATE >= self.cache.min_voice_s:
+        if sid is not None and voice_s >= self.cache.min_voice_s:
             self.cache.update_profile(sid, {"audio": audio_vec, "visual": visual, "text": text_vec},
                                       latent=np.asarray(latent))
             self.compute_params(sid)
